@@ -1,0 +1,67 @@
+"""``lightning-sep``: a LightningCLI over every separator family and DataModule.
+
+``lightning-sep fit --config conf/trainer/cpu.yaml --config conf/data/musdb.yaml
+--config conf/model/skipfilter.yaml`` is what ``make train`` runs.  Models and DataModules are
+chosen by ``class_path`` (subclass mode), the front end and the targets are linked from the
+DataModule into the model, every run is tracked in MLflow, and ``--print_config`` prints a config
+that reproduces the run.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import lightning as L
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from lightning_sep.errors import LightningSepError
+from lightning_sep.models.base import MixtureToTarget
+from lightning_sep.registry import check_config_args
+from lightning_sep.tracking import MLflowLogger, MLflowSaveConfig, RunSummary
+
+
+class SeparationCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.front_end", "model.init_args.front_end", apply_on="instantiate")
+        parser.link_arguments("data.targets", "model.init_args.targets", apply_on="instantiate")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/sdr",
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.save_top_k": 1,
+                "checkpoint.filename": "epoch{epoch:03d}",
+                "checkpoint.auto_insert_metric_name": False,
+                "trainer.logger": {"class_path": "lightning_sep.tracking.MLflowLogger"},
+                # the resolved config is logged once, prefixed, by MLflowSaveConfig
+                "trainer.enable_autolog_hparams": False,
+            }
+        )
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        check_config_args(args)
+        SeparationCLI(
+            model_class=MixtureToTarget,
+            datamodule_class=L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_callback=MLflowSaveConfig,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={"callbacks": [RunSummary(), LearningRateMonitor(logging_interval="epoch")]},
+            seed_everything_default=42,
+            args=args,
+        )
+    except LightningSepError as err:
+        print(f"lightning-sep: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

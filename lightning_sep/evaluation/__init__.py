@@ -1,0 +1,1 @@
+"""Evaluation: metrics used during training (here) and full-track scoring."""

@@ -1,0 +1,216 @@
+"""MLflow tracking for every ``lightning-sep`` run.
+
+* :class:`MLflowLogger` is Lightning's ``MLFlowLogger`` with the platform's defaults: the SQLite
+  store ``sqlite:///<repo>/mlruns/mlflow.db`` (``MLFLOW_TRACKING_URI`` overrides it), artifacts
+  and checkpoints under ``mlruns/``.
+* :class:`MLflowSaveConfig` records the resolved config of a run: flattened as params, and as
+  ``config.yaml`` (which ``lightning-sep fit --config config.yaml`` re-runs), with tags for the
+  git commit, the model family and the dataset.
+* :class:`RunSummary` tags the best and last checkpoint paths and prints the run's summary.
+
+Passwords in URLs (``scheme://user:password@host``) are replaced by ``***`` in everything written
+to MLflow (:func:`redact`).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+from typing import Any, Optional
+from urllib.parse import urlparse
+
+import yaml
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from lightning_sep.paths import REPO_ROOT, default_tracking_uri
+
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]+:)(?P<pw>[^@\s]+)(?P<at>@)")
+
+
+def redact(value: Any) -> Any:
+    """Replace the password of every ``scheme://user:password@host`` URL by ``***`` (recursively)."""
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(r"\g<head>***\g<at>", value)
+    if isinstance(value, dict):
+        return {k: redact(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact(v) for v in value)
+    return value
+
+
+def _local_store_dir(tracking_uri: str) -> Optional[Path]:
+    """The folder of a local store (``sqlite:///path/x.db`` or ``file:``/plain path); else None."""
+    if tracking_uri.startswith("sqlite:///"):
+        db = tracking_uri[len("sqlite:///") :]
+        return Path(db if db.startswith("/") else Path.cwd() / db).parent
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme in ("", "file"):
+        return Path(parsed.path)
+    return None
+
+
+class MLflowLogger(MLFlowLogger):
+    """Lightning's MLflow logger with the platform's store, experiment and checkpoint folder.
+
+    Args:
+        experiment_name: the MLflow experiment (default ``lightning-sep``).
+        tracking_uri: ``None`` = ``$MLFLOW_TRACKING_URI`` or ``sqlite:///<repo>/mlruns/mlflow.db``.
+        artifact_location: for a new experiment; ``None`` = ``<repo>/mlruns/artifacts`` for the
+            default store, the server's choice otherwise.
+        checkpoint_dir: checkpoints go to ``<checkpoint_dir>/<experiment_id>/<run_id>/checkpoints``;
+            ``None`` = the store's folder for a local store (``mlruns/``), else the Trainer's
+            ``default_root_dir``.
+        Others as in :class:`lightning.pytorch.loggers.MLFlowLogger`.
+    """
+
+    def __init__(
+        self,
+        experiment_name: str = "lightning-sep",
+        run_name: Optional[str] = None,
+        tracking_uri: Optional[str] = None,
+        tags: Optional[dict[str, Any]] = None,
+        log_model: bool = False,
+        prefix: str = "",
+        artifact_location: Optional[str] = None,
+        run_id: Optional[str] = None,
+        checkpoint_dir: Optional[str] = None,
+    ):
+        tracking_uri = tracking_uri or default_tracking_uri()
+        store = _local_store_dir(tracking_uri)
+        if artifact_location is None and store is not None:
+            # MLflow's default would be relative to the current directory
+            artifact_location = (store / "artifacts").as_uri()
+        super().__init__(
+            experiment_name=experiment_name,
+            run_name=run_name,
+            tracking_uri=tracking_uri,
+            tags=tags,
+            log_model=log_model,
+            prefix=prefix,
+            artifact_location=artifact_location,
+            run_id=run_id,
+        )
+        self._checkpoint_root = checkpoint_dir or (str(store) if store else None)
+
+    @property
+    def save_dir(self) -> Optional[str]:
+        return self._checkpoint_root
+
+    @rank_zero_only
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        for key, value in redact({k: str(v) for k, v in tags.items()}).items():
+            self.experiment.set_tag(self.run_id, key, value)
+
+    @rank_zero_only
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.experiment.log_text(self.run_id, redact(text), artifact_file)
+
+    @property
+    def ui_command(self) -> str:
+        """How to open this run in the MLflow UI (bound to loopback)."""
+        uri = redact(self._tracking_uri)
+        if uri.startswith(("http://", "https://")):
+            return f"open {uri}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        return f"make ui   (or: mlflow ui --host 127.0.0.1 --backend-store-uri '{uri}')"
+
+
+def git_commit() -> tuple[str, bool]:
+    """The repository's HEAD commit and whether the work tree has uncommitted changes."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "--verify", "-q", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        commit = head.stdout.strip() if head.returncode == 0 else ""
+        dirty = bool(
+            subprocess.run(
+                ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True, text=True, timeout=10,
+            ).stdout.strip()
+        )
+        return commit or "unknown", dirty
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", False
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}." if prefix or k else ""))
+    else:
+        out[prefix[:-1]] = d
+    return out
+
+
+class MLflowSaveConfig(SaveConfigCallback):
+    """Saves the resolved config to the run: params, ``config.yaml`` artifact, and tags."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("save_to_log_dir", False)
+        super().__init__(*args, **kwargs)
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        logger = trainer.logger
+        if not isinstance(logger, MLflowLogger):
+            return
+        text = self.parser.dump(self.config, skip_none=False)
+        config = yaml.safe_load(text)
+        subcommand = getattr(self.config, "subcommand", None)
+        resolved = config.get(subcommand, config) if subcommand else config
+        params = {k: v for k, v in _flatten(resolved).items() if not k.startswith("trainer.callbacks")}
+        logger.log_hyperparams(redact(params))
+        logger.log_text(yaml.safe_dump(redact(resolved), sort_keys=False), "config.yaml")
+        commit, dirty = git_commit()
+        dm = trainer.datamodule
+        tags = {
+            "mlflow.source.git.commit": commit,
+            "git.dirty": dirty,
+            "model.family": getattr(pl_module, "family", type(pl_module).__name__),
+            "model.class": f"{type(pl_module).__module__}.{type(pl_module).__name__}",
+            "model.targets": ",".join(getattr(pl_module, "targets", [])),
+            "lightning_sep.stage": getattr(stage, "value", stage),
+        }
+        if dm is not None:
+            tags["data.dataset"] = getattr(dm, "dataset_name", type(dm).__name__)
+            if getattr(dm, "root", None) is not None:
+                tags["data.root"] = str(dm.root)
+        logger.set_tags(tags)
+
+
+class RunSummary(Callback):
+    """At the end of ``fit``: tags where the checkpoints are and prints what the run did."""
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        ckpt = trainer.checkpoint_callback
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        best_path = getattr(ckpt, "best_model_path", "") or ""
+        last_path = getattr(ckpt, "last_model_path", "") or ""
+        best_score = getattr(ckpt, "best_model_score", None)
+        logger = trainer.logger
+        lines = ["", "=" * 72]
+        if isinstance(logger, MLflowLogger):
+            tags = {"checkpoint.best": best_path, "checkpoint.last": last_path, "checkpoint.dir": getattr(ckpt, "dirpath", "")}
+            if best_score is not None:
+                tags["checkpoint.best_score"] = f"{float(best_score):.4f}"
+                tags["checkpoint.monitor"] = ckpt.monitor
+            logger.set_tags(tags)
+            lines.append(f"MLflow run:      {logger.run_id}  (experiment {logger._experiment_name!r}, store {redact(logger._tracking_uri)})")
+        lines.append(f"best checkpoint: {best_path or '(none)'}")
+        lines.append(f"last checkpoint: {last_path or '(none)'}")
+        if "val/sdr" in metrics:
+            best = f"{float(best_score):.2f} dB (best epoch)" if best_score is not None and ckpt.monitor == "val/sdr" else ""
+            lines.append(
+                f"validation SDR:  {metrics['val/sdr']:.2f} dB (last epoch) {best}; mixture baseline "
+                f"{metrics.get('val/sdr_mixture', float('nan')):.2f} dB; improvement "
+                f"{metrics.get('val/sdr_improvement', float('nan')):+.2f} dB"
+            )
+        if isinstance(logger, MLflowLogger):
+            lines.append(f"open the UI:     {logger.ui_command}")
+        lines.append("=" * 72)
+        print("\n".join(lines), flush=True)
