@@ -42,22 +42,45 @@ class SeparationCLI(LightningCLI):
         )
 
 
+def run(args: Optional[list[str]] = None) -> SeparationCLI:
+    """Parse ``args`` (``sys.argv[1:]`` when None), then run the subcommand; returns the CLI."""
+    check_config_args(sys.argv[1:] if args is None else args)
+    return SeparationCLI(
+        model_class=MixtureToTarget,
+        datamodule_class=L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_callback=MLflowSaveConfig,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={"callbacks": [RunSummary(), LearningRateMonitor(logging_interval="epoch")]},
+        seed_everything_default=42,
+        args=args,
+    )
+
+
+def user_error(exc: Optional[BaseException]) -> Optional[LightningSepError]:
+    """The :class:`LightningSepError` behind ``exc``, if any.
+
+    jsonargparse re-raises errors from a class's ``__init__`` as a type-validation ``ValueError``;
+    the user's error is in its ``__context__``.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, LightningSepError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def main(argv: Optional[list[str]] = None) -> int:
-    args = sys.argv[1:] if argv is None else list(argv)
+    """The ``lightning-sep`` console script: user errors print one clear line and exit 2."""
     try:
-        check_config_args(args)
-        SeparationCLI(
-            model_class=MixtureToTarget,
-            datamodule_class=L.LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            save_config_callback=MLflowSaveConfig,
-            save_config_kwargs={"overwrite": True},
-            trainer_defaults={"callbacks": [RunSummary(), LearningRateMonitor(logging_interval="epoch")]},
-            seed_everything_default=42,
-            args=args,
-        )
-    except LightningSepError as err:
+        run(argv)
+    except Exception as exc:
+        err = user_error(exc)
+        if err is None:
+            raise
         print(f"lightning-sep: error: {err}", file=sys.stderr)
         return 2
     return 0

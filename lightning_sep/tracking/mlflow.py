@@ -88,7 +88,7 @@ class MLflowLogger(MLFlowLogger):
             experiment_name=experiment_name,
             run_name=run_name,
             tracking_uri=tracking_uri,
-            tags=tags,
+            tags=redact(tags),
             log_model=log_model,
             prefix=prefix,
             artifact_location=artifact_location,
