@@ -81,6 +81,11 @@ def test_training_run_is_tracked_in_mlflow():
     with torch.no_grad():
         est = model(mixture)
     assert est.shape == targets.shape
+    # `lightning-sep test` scores the checkpoint on the test tracks' fixed segments
+    tested = run(["test", *config_args("skipfilter"), *QUICK, "--ckpt_path", str(best)])
+    m = tested.trainer.callback_metrics
+    assert math.isfinite(float(m["test/sdr"])) and math.isfinite(float(m["test/sdr_mixture"]))
+    assert torch.equal(tested.model.normalize.scale, model.normalize.scale)  # from the checkpoint
 
 
 def test_print_config_reproduces_the_run(tmp_path, capsys):
