@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lightning_sep.errors import UnknownNameError
+from lightning_sep.errors import LightningSepError, UnknownNameError
 from lightning_sep.paths import CONF_DIR
 
 KINDS = {"model": "MODEL", "data": "DATA", "trainer": "TRAINER"}
@@ -43,25 +43,5 @@ def check_config_args(args: list[str]) -> None:
         path = Path(value)
         if path.suffix in (".yaml", ".yml") and path.parent.name in KINDS:
             config_path(path.parent.name, path.stem)
-        from lightning_sep.errors import LightningSepError
-
         raise LightningSepError(f"--config {value}: no such file.")
 
-
-def main() -> None:  # pragma: no cover - used by the Makefile: `python -m lightning_sep.registry model skipfilter`
-    import sys
-
-    from lightning_sep.errors import LightningSepError
-
-    try:
-        if len(sys.argv) == 2:
-            print(" ".join(available(sys.argv[1])))
-        else:
-            print(config_path(sys.argv[1], sys.argv[2]))
-    except LightningSepError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

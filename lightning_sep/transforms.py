@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -227,7 +226,3 @@ class BandNormalization(nn.Module):
         self.scale.copy_((1.0 / std.clamp_min(floor)).to(self.scale))
         self.fitted.fill_(True)
 
-
-def numpy_mono(audio: np.ndarray) -> np.ndarray:
-    """``(channels, samples)`` to ``(1, samples)`` by averaging the channels (paper: mono mixing)."""
-    return audio.mean(axis=0, keepdims=True)
