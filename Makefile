@@ -13,14 +13,26 @@ TRAINER ?= cpu
 ARGS    ?=
 PYTEST_ARGS ?=
 UI_PORT ?= 5000
+CKPT    ?=
+RUN_ID  ?=
+EVAL_WORKERS ?=
+WIENER  ?= 0
+IN      ?=
+OUT     ?= separated
+REFERENCES := mixture oracle_ibm oracle_irm1 oracle_irm2
+# with CKPT or RUN_ID, MODEL (when given) only checks that the checkpoint is of that family
+MODEL_FLAG = $(if $(filter command line environment,$(origin MODEL)),--model $(MODEL),$(if $(CKPT)$(RUN_ID),,--model $(MODEL)))
+MODEL_ARGS = $(if $(CKPT),--ckpt '$(CKPT)') $(if $(RUN_ID),--run-id $(RUN_ID)) --wiener $(WIENER)
 
-.PHONY: help setup ffmpeg train test test-fast ui configs clean-data
+.PHONY: help setup ffmpeg train eval eval-references separate test test-fast ui configs clean-data
 
 help: ## List the targets and variables
 	@echo "Usage: make <target> [MODEL=$(MODEL)] [DATA=$(DATA)] [TRAINER=$(TRAINER)] [ARGS='...']"
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo "Variables: MODEL (conf/model/*.yaml), DATA (conf/data/*.yaml), TRAINER (cpu|auto),"
 	@echo "           ARGS (extra lightning-sep arguments), MUSDB_ROOT (real MUSDB18; unset = embedded corpus)"
+	@echo "           eval/separate: CKPT, RUN_ID (default: latest finished run of MODEL), WIENER (EM iterations),"
+	@echo "           EVAL_WORKERS (museval processes), IN (files to separate), OUT (default separated/)"
 
 ffmpeg: ## Make sure ffmpeg and ffprobe are on PATH (Debian's package if apt and root are there)
 	@if command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null; then exit 0; fi; \
@@ -46,6 +58,19 @@ setup: ffmpeg $(STAMP) ## Create .venv and install the package (re-runs only whe
 train: setup ## Train MODEL on DATA with TRAINER; tracked in MLflow (mlruns/)
 	$(BIN)/lightning-sep fit --config conf/trainer/$(TRAINER).yaml --config conf/data/$(DATA).yaml \
 	  --config conf/model/$(MODEL).yaml $(ARGS)
+
+eval: setup ## museval scores of MODEL (or mixture / oracle_ibm / oracle_irm1 / oracle_irm2) on the test set
+	$(BIN)/lightning-sep eval $(MODEL_FLAG) --data $(DATA) $(if $(filter $(MODEL),$(REFERENCES)),,$(MODEL_ARGS)) \
+	  $(if $(EVAL_WORKERS),--workers $(EVAL_WORKERS)) $(ARGS)
+
+eval-references: setup ## The reference rows: mixture and the three oracle masks, through the same pipeline
+	@for m in $(REFERENCES); do \
+	  $(BIN)/lightning-sep eval --model $$m --data $(DATA) $(if $(EVAL_WORKERS),--workers $(EVAL_WORKERS)) $(ARGS) || exit $$?; \
+	done
+
+separate: setup ## Separate IN='song.wav ...' with MODEL (or CKPT/RUN_ID) into OUT/<song>/<target>.wav
+	@if [ -z "$(IN)" ]; then echo "make separate: say which files, e.g. make separate IN=song.wav"; exit 2; fi
+	$(BIN)/lightning-sep separate $(IN) --out '$(OUT)' $(MODEL_FLAG) $(MODEL_ARGS) $(ARGS)
 
 configs: setup ## Print the resolved config of MODEL/DATA/TRAINER (reproduces the run)
 	$(BIN)/lightning-sep fit --config conf/trainer/$(TRAINER).yaml --config conf/data/$(DATA).yaml \

@@ -575,6 +575,16 @@ class MUSDBDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, "test")
 
+    def full_tracks(self, subset: str = "test") -> CachedTracks:
+        """Whole stereo tracks of ``subset`` (``train`` or ``test``) as cache entries
+        ``(5, channels, samples)`` at ``sample_rate``, decoding the missing ones (``make eval``)."""
+        if subset not in ("train", "test"):
+            raise UnknownNameError("subset", subset, ["train", "test"])
+        tracks = self._scan()[subset]
+        if not tracks:
+            raise LightningSepError(f"No {subset} tracks in {self.root}/{subset}: expected {_LAYOUT}.")
+        return CachedTracks([t.name for t in tracks], self._entries(self._cache(), tracks, progress=True))
+
     def train_mixtures(self) -> Iterator[np.ndarray]:
         """The training tracks' mixtures, float32 ``(channels, samples)`` from the cache:
         ``(1, samples)`` (channel average) when ``mono``, every channel otherwise."""

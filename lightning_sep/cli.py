@@ -5,10 +5,15 @@
 chosen by ``class_path`` (subclass mode), the front end and the targets are linked from the
 DataModule into the model, every run is tracked in MLflow, and ``--print_config`` prints a config
 that reproduces the run.
+
+Two more subcommands are plain argparse programs: ``lightning-sep eval`` (museval scores on the
+MUSDB18 test set, :mod:`lightning_sep.evaluation.evaluate`) and ``lightning-sep separate`` (wav
+files per target, :mod:`lightning_sep.separation.separate`).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Optional
 
@@ -73,10 +78,85 @@ def user_error(exc: Optional[BaseException]) -> Optional[LightningSepError]:
     return None
 
 
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    which = parser.add_argument_group("which model (default: the best checkpoint of the latest finished run of --model)")
+    which.add_argument("--model", help="a family (conf/model/<name>.yaml)" + " or a reference method (eval only)")
+    which.add_argument("--ckpt", help="a checkpoint file (.ckpt)")
+    which.add_argument("--run-id", help="an MLflow run id: its best checkpoint")
+    which.add_argument("--trust-checkpoint", action="store_true",
+                       help="load the checkpoint with full unpickling (only for files you trust; default: weights only)")
+    run = parser.add_argument_group("inference")
+    run.add_argument("--wiener", type=int, default=0, metavar="ITERATIONS", dest="wiener_iterations",
+                     help="multichannel Wiener post-filter with this many EM iterations (0 = off; 1 is usual)")
+    run.add_argument("--chunk-seconds", type=float, default=20.0, help="chunk length of the overlap-add inference")
+    run.add_argument("--overlap-seconds", type=float, default=1.0, help="cross-fade between chunks")
+    run.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1, ...")
+    run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    from lightning_sep.separation import REFERENCE_METHODS
+
+    parser = argparse.ArgumentParser(
+        prog="lightning-sep eval",
+        description="museval (BSS Eval v4) scores on the MUSDB18 test set (MUSDB_ROOT, else the embedded corpus), "
+        "SiSEC medians, logged to the model's MLflow run. Reference methods: " + ", ".join(REFERENCE_METHODS) + ".",
+    )
+    _model_arguments(parser)
+    data = parser.add_argument_group("data and results")
+    data.add_argument("--data", default="musdb", help="conf/data/<name>.yaml (default musdb)")
+    data.add_argument("--root", help="dataset folder (default: MUSDB_ROOT, else the embedded corpus)")
+    data.add_argument("--tracks", nargs="+", metavar="NAME", help="only these test tracks")
+    data.add_argument("--targets", nargs="+", metavar="TARGET",
+                      help="reference methods only: which estimates (default vocals drums bass other accompaniment)")
+    data.add_argument("--out", help="results folder (default: mlruns/eval beside the MLflow store)")
+    data.add_argument("--workers", type=int, help="museval worker processes (default: from cores and free memory)")
+    data.add_argument("--save-estimates", action="store_true", help="also write the estimates as wav files")
+    data.add_argument("--overwrite", action="store_true", help="discard results of other settings in the results folder")
+    data.add_argument("--no-mlflow", dest="log_mlflow", action="store_false", help="do not log to MLflow")
+    data.add_argument("--experiment", default="lightning-sep", help="MLflow experiment of the training runs")
+    return parser
+
+
+def separate_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lightning-sep separate",
+        description="Separate audio files with a trained model: one wav per target in OUT/<input name>/.",
+    )
+    parser.add_argument("inputs", nargs="+", metavar="FILE", help="wav, flac, ogg, mp3 (mp4/.stem.mp4 with ffmpeg)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--subtype", default="FLOAT", help="wav sample format: FLOAT (default), PCM_16, PCM_24")
+    _model_arguments(parser)
+    return parser
+
+
+def run_eval(argv: list[str]):
+    from lightning_sep.evaluation.evaluate import EvalSettings, evaluate
+
+    args = eval_parser().parse_args(argv)
+    return evaluate(EvalSettings(**vars(args)))
+
+
+def run_separate(argv: list[str]):
+    from lightning_sep.separation.separate import separate_files
+
+    return separate_files(**vars(separate_parser().parse_args(argv)))
+
+
+_COMMANDS = {"eval": run_eval, "separate": run_separate}
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """The ``lightning-sep`` console script: user errors print one clear line and exit 2."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        run(argv)
+        if argv and argv[0] in _COMMANDS:
+            _COMMANDS[argv[0]](argv[1:])
+        else:
+            run(argv)
+    except KeyboardInterrupt:
+        print("lightning-sep: interrupted; finished results are kept (rerun to finish the rest).", file=sys.stderr)
+        return 130
     except Exception as exc:
         err = user_error(exc)
         if err is None:

@@ -1,0 +1,158 @@
+"""museval (BSS Eval v4) scores of one track, exactly as ``museval.eval_mus_track`` computes them.
+
+:func:`score_track` takes the reference stems from the decoded-audio cache (no musdb ``Track``
+and no second decode) and returns museval's own :class:`museval.TrackStore`, so the JSON written
+is museval's format and ``museval``'s tools read it.  It follows ``eval_mus_track`` step by step
+(SiSEC 2018, Stöter, Liutkus & Ito 2018):
+
+* the references are musdb's targets (``accompaniment = bass + drums + other``,
+  ``linear_mixture`` = the sum of the four sources, summed in musdb's order, float64);
+* the estimated targets other than ``accompaniment`` are evaluated together (``museval.evaluate``,
+  1 s windows and hop); when both ``vocals`` and ``accompaniment`` are estimated, those two are
+  evaluated as a separate two-source scenario and ``vocals`` is taken from it;
+* frames where a reference or an estimate is silent are NaN (museval's rule).
+
+One difference, on purpose: museval raises (``ValueError`` from ``museval.metrics.validate``)
+when a reference or an estimate is silent over the *whole* track; here that scenario's frames
+are all NaN instead -- what museval's own frame rule gives -- so one silent stem (a track without
+bass, a model that outputs silence) does not stop a whole evaluation, and the NaN frames are left
+out of the medians.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+import numpy as np
+
+from lightning_sep.errors import LightningSepError
+
+#: musdb's ``track.targets`` order (``mus.yaml``), which ``eval_mus_track`` follows.
+MUSDB_TARGETS: tuple[str, ...] = ("vocals", "drums", "bass", "other", "accompaniment", "linear_mixture")
+#: the rows of a decoded-audio cache entry (``datamodules._musdb.STEMS``)
+_ROW = {"mixture": 0, "drums": 1, "bass": 2, "other": 3, "vocals": 4}
+METRICS: tuple[str, ...] = ("SDR", "SIR", "ISR", "SAR")
+
+
+def reference_targets(stems: np.ndarray) -> dict[str, np.ndarray]:
+    """musdb's targets from cached stems ``(5, channels, samples)``: ``{name: (samples, channels)}`` float64."""
+    src = {name: np.asarray(stems[row], dtype=np.float64).T for name, row in _ROW.items() if name != "mixture"}
+    out = {name: src[name] for name in ("vocals", "drums", "bass", "other")}
+    out["accompaniment"] = np.sum(np.array([src["bass"], src["drums"], src["other"]]), axis=0)
+    out["linear_mixture"] = np.sum(np.array([src["vocals"], src["bass"], src["drums"], src["other"]]), axis=0)
+    return out
+
+
+def n_frames(n_samples: int, rate: int, win: float = 1.0, hop: float = 1.0) -> int:
+    """How many BSS Eval frames museval gives a track of ``n_samples`` (``museval.metrics.Framing``)."""
+    window, step = int(win * rate), int(hop * rate)
+    if window < n_samples:
+        return int(np.floor((n_samples - window + step) / step))
+    return 1
+
+
+def _silent(x: np.ndarray) -> bool:
+    """museval's ``_any_source_silent`` for one source ``(samples, channels)``."""
+    return bool(np.all(np.sum(x, axis=tuple(range(1, x.ndim))) == 0))
+
+
+def _evaluate(references: list[np.ndarray], estimates: list[np.ndarray], rate: int, win: float, hop: float) -> np.ndarray:
+    """``museval.evaluate`` (v4) as ``(4 metrics [SDR, ISR, SIR, SAR], sources, frames)``; all NaN when
+    a source is silent over the whole track (museval would raise)."""
+    import museval
+
+    refs, ests = np.array(references), np.array(estimates)
+    refs, ests = museval.pad_or_truncate(refs, ests)
+    if any(_silent(r) for r in refs) or any(_silent(e) for e in ests):
+        nwin = n_frames(refs.shape[1], rate, win, hop)
+        return np.full((4, len(references), nwin), np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # log10(0) in silent frames -> NaN anyway
+        return np.array(museval.evaluate(refs, ests, win=int(win * rate), hop=int(hop * rate), mode="v4"))
+
+
+def score_track(
+    name: str,
+    stems: np.ndarray,
+    estimates: dict[str, np.ndarray],
+    rate: int,
+    win: float = 1.0,
+    hop: float = 1.0,
+):
+    """museval's :class:`~museval.TrackStore` for one track.
+
+    Args:
+        name: the track's name (as in musdb).
+        stems: the track's cache entry, ``(5, channels, samples)`` (mixture, drums, bass, other, vocals).
+        estimates: ``{target: (samples, channels)}`` for any of :data:`MUSDB_TARGETS`.
+        rate: the sample rate; ``win``/``hop`` in seconds (museval: 1 s and 1 s).
+    """
+    import museval
+
+    unknown = sorted(set(estimates) - set(MUSDB_TARGETS))
+    if unknown:
+        raise LightningSepError(f"Track {name!r}: estimates for unknown targets {unknown}; museval knows {list(MUSDB_TARGETS)}.")
+    refs = reference_targets(stems)
+    eval_targets = [t for t in MUSDB_TARGETS if t in estimates]
+    data = museval.TrackStore(win=win, hop=hop, track_name=name)
+    has_acc = "vocals" in eval_targets and "accompaniment" in eval_targets
+    if has_acc:
+        eval_targets.remove("accompaniment")
+    if len(eval_targets) >= 2:
+        scores = _evaluate([refs[t] for t in eval_targets], [estimates[t] for t in eval_targets], rate, win, hop)
+        for i, target in enumerate(eval_targets):
+            if target == "vocals" and has_acc:
+                continue
+            data.add_target(target_name=target, values=_values(scores, i))
+    elif not has_acc:
+        raise LightningSepError(
+            f"Track {name!r}: BSS Eval needs at least two estimated targets (got {eval_targets}); "
+            "a vocals model is evaluated with accompaniment = mixture - vocals."
+        )
+    if has_acc:
+        pair = ["vocals", "accompaniment"]
+        scores = _evaluate([refs[t] for t in pair], [estimates[t] for t in pair], rate, win, hop)
+        for i, target in enumerate(pair):
+            data.add_target(target_name=target, values=_values(scores, i))
+    data.validate()
+    return data
+
+
+def _values(scores: np.ndarray, i: int) -> dict[str, list[float]]:
+    sdr, isr, sir, sar = scores[:, i]
+    return {"SDR": sdr.tolist(), "SIR": sir.tolist(), "ISR": isr.tolist(), "SAR": sar.tolist()}
+
+
+def json_is_complete(path: Path, targets: list[str], frames: int) -> bool:
+    """Whether ``path`` is a finished museval JSON for these targets and this many frames."""
+    import simplejson
+
+    try:
+        data = simplejson.loads(Path(path).read_text(), allow_nan=True)
+        got = {t["name"]: len(t["frames"]) for t in data["targets"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return all(got.get(t) == frames for t in targets)
+
+
+def score_track_to_json(
+    name: str, stems_path: str, estimates_path: str, out_json: str, rate: int, win: float = 1.0, hop: float = 1.0,
+    keep_estimates: bool = False,
+) -> str:
+    """Worker entry point: score a track from files and write its JSON atomically; returns the path.
+
+    ``estimates_path`` is an ``.npz`` of ``{target: (samples, channels)}``, deleted when done.
+    """
+    from datamodules.audio_cache import AudioCache
+    from lightning_sep.utils.atomic import atomic_write_text
+
+    stems = AudioCache.load(stems_path)
+    with np.load(estimates_path) as npz:
+        estimates = {k: npz[k] for k in npz.files}
+    data = score_track(name, stems, estimates, rate, win, hop)
+    atomic_write_text(out_json, data.json)
+    if not keep_estimates:
+        Path(estimates_path).unlink(missing_ok=True)
+    return out_json
+

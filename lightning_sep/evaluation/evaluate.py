@@ -1,0 +1,424 @@
+"""``make eval``: museval (BSS Eval v4) scores of a model or a reference method on the MUSDB18 test set.
+
+The job (:func:`evaluate`):
+
+1. finds what to evaluate -- a trained model through MLflow (:mod:`lightning_sep.tracking.runs`)
+   or a reference method (``mixture``, ``oracle_ibm``, ``oracle_irm1``, ``oracle_irm2``);
+2. separates every test track in full, chunk by chunk (:func:`~lightning_sep.separation.separate_track`);
+3. scores it with museval in worker processes (``workers``; museval takes about a minute and
+   several GB per real track) and writes one museval JSON per track, atomically, to
+   ``<out>/<dataset>/<method>/test/<track>.json``.  A track whose JSON is complete is never
+   recomputed, so a killed evaluation restarted finishes only the rest;
+4. aggregates the SiSEC way (:mod:`~lightning_sep.evaluation.aggregate`), prints the table next
+   to every other method evaluated on the same tracks (the reference rows), saves it as CSV, and
+   logs it to the model's training run in MLflow (``test/<target>/<metric>``, JSON and CSV files).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import json
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from lightning_sep.errors import LightningSepError, UnknownNameError
+from lightning_sep.evaluation import aggregate
+from lightning_sep.evaluation.bsseval import MUSDB_TARGETS, json_is_complete, n_frames, score_track_to_json
+from lightning_sep.paths import REPO_ROOT, default_tracking_uri
+from lightning_sep.registry import available, config_path
+from lightning_sep.utils.atomic import atomic_open, atomic_write_text
+
+#: museval's frame length and hop (seconds), as SiSEC 2018
+WIN = HOP = 1.0
+#: Memory museval needs for a 3-minute, 4-target stereo track (measured; it scales with both).
+_MUSEVAL_BYTES_3MIN_4SRC = 4.5e9
+
+
+@dataclass
+class EvalSettings:
+    """Everything ``lightning-sep eval`` takes (``make eval`` variables in brackets)."""
+
+    model: Optional[str] = None  # MODEL: a family (its latest finished run) or a reference method
+    ckpt: Optional[str] = None  # CKPT
+    run_id: Optional[str] = None  # RUN_ID
+    data: str = "musdb"  # DATA: conf/data/<data>.yaml
+    root: Optional[str] = None  # the dataset folder (default: MUSDB_ROOT, else the embedded corpus)
+    tracks: Optional[list[str]] = None  # only these test tracks
+    targets: Optional[list[str]] = None  # reference methods: which estimates (default: all five)
+    out: Optional[str] = None  # results folder (default: <mlruns>/eval)
+    workers: Optional[int] = None  # EVAL_WORKERS (default: from cores and free memory)
+    wiener_iterations: int = 0  # > 0: multichannel Wiener post-filter
+    chunk_seconds: float = 20.0
+    overlap_seconds: float = 1.0
+    device: str = "auto"
+    save_estimates: bool = False  # also write the estimates as wav (museval's folder layout)
+    log_mlflow: bool = True
+    experiment: str = "lightning-sep"
+    overwrite: bool = False  # discard results of other settings in the method's folder
+    trust_checkpoint: bool = False
+    progress: bool = True
+
+
+@dataclass
+class EvalResult:
+    method: str
+    folder: Path
+    medians: pd.DataFrame
+    table: pd.DataFrame
+    evaluated: list[str]
+    reused: list[str]
+    skipped: dict[str, str] = field(default_factory=dict)
+    run_id: Optional[str] = None
+
+
+# -- where things are --------------------------------------------------------------------------------
+def default_out_root() -> Path:
+    """``<mlruns>/eval``: beside the local MLflow store (``<repo>/mlruns/eval`` for a remote one)."""
+    from lightning_sep.tracking.mlflow import _local_store_dir
+
+    store = _local_store_dir(default_tracking_uri())
+    return (store or REPO_ROOT / "mlruns") / "eval"
+
+
+def load_datamodule(name: str, root: Optional[str] = None) -> Any:
+    """The DataModule of ``conf/data/<name>.yaml`` (``root`` overrides its ``root``)."""
+    import yaml
+
+    config = yaml.safe_load(config_path("data", name).read_text())["data"]
+    module, _, cls = config["class_path"].rpartition(".")
+    init_args = dict(config.get("init_args") or {})
+    if root is not None:
+        init_args["root"] = root
+    datamodule = getattr(importlib.import_module(module), cls)(**init_args)
+    if not hasattr(datamodule, "full_tracks"):
+        raise LightningSepError(f"DATA={name}: {config['class_path']} has no full tracks to evaluate on.")
+    return datamodule
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LightningSepError(f"--device {device}: no CUDA GPU is available here; use --device cpu.")
+    return device
+
+
+def mem_available() -> float:
+    """Bytes of memory available to new processes (``MemAvailable``), or 8 GB if unknown."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) * 1024
+    return 8e9
+
+
+def default_workers(pending: int, longest_seconds: float, n_sources: int) -> int:
+    """Worker processes for museval: one per core, as many as the free memory holds, <= tracks."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_worker = 0.5e9 + _MUSEVAL_BYTES_3MIN_4SRC * (longest_seconds / 180.0) * max(n_sources, 2) / 4
+    by_memory = int(mem_available() * 0.8 // per_worker)
+    return max(1, min(cores, by_memory, pending))
+
+
+@contextlib.contextmanager
+def _single_threaded_children() -> Iterator[None]:
+    """Worker processes inherit one BLAS/OpenMP thread each (they run in parallel already)."""
+    keys = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    old = {k: os.environ.get(k) for k in keys}
+    os.environ.update({k: "1" for k in keys})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _settings_hash(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _check_manifest(folder: Path, manifest: dict[str, Any], overwrite: bool) -> None:
+    """Results in ``folder`` must come from the same settings; else stop (or discard with overwrite)."""
+    path = folder / "manifest.json"
+    if path.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            old = json.loads(path.read_text())
+            if old.get("settings_hash") == manifest["settings_hash"]:
+                return
+            changed = sorted(k for k in manifest["settings"] if old.get("settings", {}).get(k) != manifest["settings"][k])
+            if not overwrite:
+                raise LightningSepError(
+                    f"{folder} holds results computed with other settings ({', '.join(changed) or 'unknown'} changed). "
+                    "Pass --overwrite (make eval ARGS=--overwrite) to discard them, or --out another folder."
+                )
+        for sub in ("test", "estimates"):
+            shutil.rmtree(folder / sub, ignore_errors=True)
+    atomic_write_text(path, json.dumps(manifest, indent=2, default=str))
+
+
+# -- the separator --------------------------------------------------------------------------------------
+def build_separator(settings: EvalSettings, datamodule: Any, device: str) -> tuple[Any, str, dict[str, Any], Optional[str]]:
+    """(separator, method label, settings that make its results what they are, MLflow run id)."""
+    from lightning_sep.separation import REFERENCE_METHODS, ModelSeparator, reference_separator
+    from lightning_sep.separation.separators import ALL_TARGETS
+    from lightning_sep.tracking.runs import load_model, resolve_checkpoint
+
+    model = settings.model
+    if model in REFERENCE_METHODS:
+        if settings.ckpt or settings.run_id:
+            raise LightningSepError(f"MODEL={model} is a reference method: it has no checkpoint (drop CKPT/RUN_ID).")
+        sep = reference_separator(model, datamodule.front_end, settings.targets or ALL_TARGETS)
+        info = {"method": model, "targets": sep.targets, "front_end": datamodule.front_end,
+                "chunk_seconds": settings.chunk_seconds, "overlap_seconds": settings.overlap_seconds}
+        # museval scores a target set as a scenario: another set is another results folder
+        label = model if sep.targets == list(ALL_TARGETS) else f"{model}-{'+'.join(sep.targets)}"
+        return sep, label, info, None
+    if model is not None and model not in available("model"):
+        raise UnknownNameError("MODEL", model, available("model") + list(REFERENCE_METHODS))
+    if settings.targets:
+        raise LightningSepError("--targets is for the reference methods; a model estimates the targets it was trained on.")
+    resolved = resolve_checkpoint(model, settings.ckpt, settings.run_id, experiment=settings.experiment)
+    net = load_model(resolved, device=device, trust_checkpoint=settings.trust_checkpoint)
+    sep = ModelSeparator(net, wiener_iterations=settings.wiener_iterations)
+    label = resolved.label + (f"-wiener{settings.wiener_iterations}" if settings.wiener_iterations else "")
+    stat = resolved.path.stat()
+    info = {
+        "method": resolved.family, "checkpoint": str(resolved.path), "checkpoint_stamp": [stat.st_size, stat.st_mtime_ns],
+        "class_path": resolved.class_path, "targets": sep.targets, "wiener_iterations": settings.wiener_iterations,
+        "chunk_seconds": settings.chunk_seconds, "overlap_seconds": settings.overlap_seconds,
+    }
+    print(f"Evaluating {resolved.path} (MODEL={resolved.family}, run {resolved.run_id or 'not in MLflow'})", flush=True)
+    return sep, label, info, resolved.run_id
+
+
+# -- the job ----------------------------------------------------------------------------------------------
+def evaluate(settings: EvalSettings) -> EvalResult:
+    """Run (or finish) an evaluation; see the module docstring."""
+    if settings.workers is not None and settings.workers < 1:
+        raise LightningSepError(f"EVAL_WORKERS={settings.workers}: must be at least 1.")
+    device = resolve_device(settings.device)
+    datamodule = load_datamodule(settings.data, settings.root)
+    tracks = datamodule.full_tracks("test")
+    rate = int(datamodule.sample_rate)
+    separator, label, info, run_id = build_separator(settings, datamodule, device)
+    reported = [t for t in MUSDB_TARGETS if t in separator.targets]
+    if len([t for t in reported if t != "accompaniment"]) < 2 and not {"vocals", "accompaniment"} <= set(reported):
+        raise LightningSepError(
+            f"{label} estimates {separator.targets}: BSS Eval needs at least two targets (museval), e.g. "
+            "vocals (+ accompaniment = mixture - vocals) or drums, bass, other, vocals."
+        )
+
+    names = list(tracks.names)
+    if settings.tracks:
+        for name in settings.tracks:
+            if name not in names:
+                raise UnknownNameError("test track", name, names)
+        names = [n for n in names if n in settings.tracks]
+    index = {n: i for i, n in enumerate(tracks.names)}
+
+    out_root = Path(settings.out).expanduser() if settings.out else default_out_root()
+    folder = out_root / datamodule.dataset_name / label
+    from lightning_sep.separation.audio import check_writable_folder
+
+    check_writable_folder(folder, "--out")
+    run_settings = {**info, "dataset": datamodule.dataset_name, "root": str(datamodule.root), "sample_rate": rate,
+                    "win": WIN, "hop": HOP, "museval": _museval_version()}
+    manifest = {"settings_hash": _settings_hash(run_settings), "settings": run_settings}
+    _check_manifest(folder, manifest, settings.overwrite)
+    (folder / "test").mkdir(parents=True, exist_ok=True)
+    work = folder / ".work"
+    shutil.rmtree(work, ignore_errors=True)  # leftovers of a killed run (never results)
+    for stale in (folder / "test").glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+    work.mkdir()
+
+    skipped: dict[str, str] = {}
+    done, pending = [], []
+    for name in names:
+        length = tracks.lengths[index[name]]
+        if length < int(WIN * rate):
+            skipped[name] = (
+                f"{length / rate:.2f} s long, shorter than one {WIN:g} s museval window: skipped "
+                "(not in the medians)"
+            )
+            continue
+        json_path = folder / "test" / f"{name}.json"
+        if json_is_complete(json_path, reported, n_frames(length, rate, WIN, HOP)):
+            done.append(name)
+        else:
+            pending.append(name)
+    for name, why in skipped.items():
+        print(f"warning: test track {name!r} is {why}.", file=sys.stderr, flush=True)
+    if not done and not pending:
+        raise LightningSepError(f"No test track of {datamodule.root} is long enough to evaluate (1 s at least).")
+
+    longest = max((tracks.lengths[index[n]] for n in pending), default=0) / rate
+    n_sources = max(len([t for t in reported if t != "accompaniment"]), 2)
+    workers = settings.workers or default_workers(len(pending), longest, n_sources)
+    workers = max(1, min(workers, len(pending) or 1))
+    print(
+        f"museval on {len(done) + len(pending)} test track(s) of {datamodule.dataset_name} ({datamodule.root}): "
+        f"{len(done)} already scored, {len(pending)} to do with {workers} worker process(es) -> {folder}",
+        flush=True,
+    )
+    started = time.perf_counter()
+    if pending:
+        _run_tracks(settings, separator, tracks, index, pending, folder, work, rate, workers, device)
+    shutil.rmtree(work, ignore_errors=True)
+    elapsed = time.perf_counter() - started
+
+    scored = done + pending
+    df = aggregate.load_scores(folder / "test" / f"{n}.json" for n in scored)
+    medians = aggregate.sisec_medians(df)
+    aggregate.write_csv(aggregate.track_medians(df), folder / "tracks.csv")
+    aggregate.write_csv(medians, folder / "scores.csv")
+    methods = {label: medians, **_other_methods(out_root / datamodule.dataset_name, label, scored)}
+    table = aggregate.comparison_table(methods)
+    aggregate.write_csv(table, folder / "comparison.csv")
+    print(
+        f"\nmuseval (BSS Eval v4) on {len(scored)} test track(s) of {datamodule.dataset_name}, SiSEC medians "
+        f"(median over 1 s frames, then over tracks), dB; * = this evaluation:\n"
+        + aggregate.format_table(table, highlight=label),
+        flush=True,
+    )
+    if pending:
+        print(f"Scored {len(pending)} track(s) in {elapsed:.1f} s with {workers} worker(s).", flush=True)
+
+    if settings.log_mlflow:
+        run_id = _log_to_mlflow(settings, label, run_id, info, manifest, medians, folder, datamodule, scored)
+    return EvalResult(label, folder, medians, table, pending, done, skipped, run_id)
+
+
+def _museval_version() -> str:
+    from importlib.metadata import version
+
+    return version("museval")
+
+
+def _run_tracks(settings: EvalSettings, separator: Any, tracks: Any, index: dict[str, int], pending: list[str],
+                folder: Path, work: Path, rate: int, workers: int, device: str) -> None:
+    """Separate each pending track here; score it here (1 worker) or in a worker process."""
+    from tqdm.auto import tqdm
+
+    from lightning_sep.separation import separate_track
+    from lightning_sep.separation.audio import write_wav
+
+    bar = tqdm(total=len(pending), desc="museval", unit="track", disable=None if settings.progress else True)
+    pool: Optional[ProcessPoolExecutor] = None
+    futures: dict[Future, str] = {}
+    env = _single_threaded_children() if workers > 1 else contextlib.nullcontext()
+    try:
+        with env:
+            if workers > 1:
+                import multiprocessing
+
+                pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+            for name in pending:
+                bar.set_postfix_str(f"separating {name}")
+                stems = tracks.array(index[name])  # (5, C, L), memory-mapped
+                estimates = separate_track(
+                    separator, stems[0], rate, references=stems[1:] if separator.needs_references else None,
+                    chunk_seconds=settings.chunk_seconds, overlap_seconds=settings.overlap_seconds, device=device,
+                )
+                if settings.save_estimates:
+                    for target, audio in estimates.items():
+                        write_wav(folder / "estimates" / "test" / name / f"{target}.wav", audio, rate)
+                npz = work / f"{name}.npz"
+                with atomic_open(npz, "wb") as fh:
+                    np.savez(fh, **estimates)
+                del estimates
+                job = (name, tracks.paths[index[name]], str(npz), str(folder / "test" / f"{name}.json"), rate, WIN, HOP)
+                if pool is None:
+                    bar.set_postfix_str(f"scoring {name}")
+                    score_track_to_json(*job)
+                    bar.update(1)
+                    continue
+                futures[pool.submit(score_track_to_json, *job)] = name
+                while len(futures) > workers:  # bound the estimates waiting in memory/disk
+                    _collect(futures, bar, block=True)
+            while futures:
+                _collect(futures, bar, block=True)
+    except BaseException:
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+            pool = None
+        raise
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
+        bar.close()
+
+
+def _collect(futures: dict[Future, str], bar: Any, block: bool) -> None:
+    finished, _ = wait(list(futures), return_when=FIRST_COMPLETED, timeout=None if block else 0)
+    for fut in finished:
+        name = futures.pop(fut)
+        try:
+            fut.result()
+        except LightningSepError:
+            raise
+        except Exception as err:
+            raise LightningSepError(f"museval failed on test track {name!r}: {type(err).__name__}: {err}") from err
+        bar.update(1)
+
+
+def _other_methods(dataset_folder: Path, label: str, tracks: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """SiSEC medians of every other method evaluated on exactly these tracks (the reference rows)."""
+    out = {}
+    for folder in sorted(p for p in dataset_folder.iterdir() if p.is_dir() and p.name != label):
+        jsons = [folder / "test" / f"{n}.json" for n in tracks]
+        if not (folder / "manifest.json").is_file() or not all(p.is_file() for p in jsons):
+            continue
+        with contextlib.suppress(Exception):
+            out[folder.name] = aggregate.sisec_medians(aggregate.load_scores(jsons))
+    return out
+
+
+def _log_to_mlflow(settings: EvalSettings, label: str, run_id: Optional[str], info: dict[str, Any],
+                   manifest: dict[str, Any], medians: pd.DataFrame, folder: Path, datamodule: Any,
+                   tracks: Sequence[str]) -> Optional[str]:
+    from lightning_sep.tracking.mlflow import redact
+    from lightning_sep.tracking.runs import log_evaluation, reference_run
+
+    if run_id is None and info["method"] in ("mixture", "oracle_ibm", "oracle_irm1", "oracle_irm2"):
+        run_id = reference_run(info["method"], label, datamodule.dataset_name, manifest["settings_hash"], experiment=settings.experiment)
+    if run_id is None:
+        print("The checkpoint is not from a run of this MLflow store: scores are not logged to MLflow.", flush=True)
+        return None
+    prefix = f"test_wiener{settings.wiener_iterations}" if settings.wiener_iterations else "test"
+    metrics = aggregate.metric_dict(medians, prefix)
+    tags = {
+        f"{prefix}.dataset": datamodule.dataset_name, f"{prefix}.root": str(datamodule.root),
+        f"{prefix}.tracks": len(tracks), f"{prefix}.results": str(folder), f"{prefix}.settings": manifest["settings_hash"],
+        f"{prefix}.museval": manifest["settings"]["museval"],
+    }
+    artifacts = {f"museval/{label}/test": folder / "test"}
+    csv_dir = folder / ".csv"
+    shutil.rmtree(csv_dir, ignore_errors=True)
+    csv_dir.mkdir()
+    for name in ("scores.csv", "tracks.csv", "comparison.csv", "manifest.json"):
+        shutil.copy2(folder / name, csv_dir / name)
+    artifacts[f"museval/{label}"] = csv_dir
+    try:
+        log_evaluation(run_id, metrics, tags, artifacts)
+    finally:
+        shutil.rmtree(csv_dir, ignore_errors=True)
+    print(f"Logged to MLflow run {run_id} ({redact(default_tracking_uri())}): "
+          + ", ".join(f"{k}={v:.2f}" for k, v in metrics.items() if k.endswith("/SDR")), flush=True)
+    return run_id

@@ -1,0 +1,233 @@
+"""Separators: anything that turns a mixture chunk into target estimates, behind one interface.
+
+* :class:`ModelSeparator` -- a trained monaural family (DAE, MSS-DAE, skip-filter, ...).  Stereo
+  tracks are separated per channel (the channels are a batch for the monaural model); the
+  estimated magnitudes get the mixture phase, or go through the multichannel Wiener post-filter
+  (:func:`~lightning_sep.separation.wiener.wiener`, ``wiener_iterations > 0``).  A model with a
+  ``vocals`` target but no ``accompaniment`` target also returns ``accompaniment = mixture -
+  vocals``.
+* :class:`MixtureSeparator` -- the mixture as every estimate (the lower reference, ``MODEL=mixture``).
+* :class:`OracleSeparator` -- masks computed from the reference stems (the upper references of
+  SiSEC 2018, as in sigsep's ``sigsep-mus-oracle``): ``oracle_ibm`` keeps the bins where
+  ``|S_j| / |X| >= 0.5``, ``oracle_irm1`` is ``|S_j| / sum_k |S_k|`` and ``oracle_irm2`` is
+  ``|S_j|^2 / sum_k |S_k|^2`` (the oracle Wiener filter), ``k`` over drums, bass, other, vocals;
+  ``accompaniment`` is the sum of the drums, bass and other estimates.  They use the data's STFT
+  with every frequency bin.
+
+:func:`separate_track` runs any of them over a whole track in overlapping chunks.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Protocol, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lightning_sep.errors import LightningSepError, UnknownNameError
+from lightning_sep.separation.overlap_add import overlap_add
+from lightning_sep.separation.wiener import wiener
+from lightning_sep.transforms import ISTFT, STFT, FrontEnd, magphase, with_phase
+
+#: The order of the reference stems an oracle receives (MUSDB18 ``track.sources``, cache order).
+SOURCES: tuple[str, ...] = ("drums", "bass", "other", "vocals")
+#: Every target a reference method can produce.
+ALL_TARGETS: tuple[str, ...] = ("vocals", "drums", "bass", "other", "accompaniment")
+#: ``MODEL=`` names of the reference methods (not trained; evaluated through the same pipeline).
+REFERENCE_METHODS: tuple[str, ...] = ("mixture", "oracle_ibm", "oracle_irm1", "oracle_irm2")
+#: The target sets that add up to the mixture (no residual source is needed for Wiener filtering).
+_PARTITIONS = ({"vocals", "drums", "bass", "other"}, {"vocals", "accompaniment"})
+
+
+class Separator(Protocol):
+    """What :func:`separate_track` and ``make eval`` need from a separation method."""
+
+    #: the method's name in tables (``skipfilter``, ``oracle_irm2``, ...)
+    name: str
+    #: the sample rate it works at
+    sample_rate: int
+    #: the estimates it returns, in order
+    targets: list[str]
+    #: whether :meth:`separate` needs the reference stems (an oracle)
+    needs_references: bool
+
+    def separate(self, mixture: Tensor, references: Optional[Tensor] = None) -> Tensor:
+        """One chunk: mixture ``(C, n)`` (references ``(4, C, n)`` in :data:`SOURCES` order) to
+        ``(len(targets), C, n)``."""
+        ...
+
+
+class ModelSeparator:
+    """A trained :class:`~lightning_sep.models.base.MixtureToTarget` family as a separator.
+
+    Args:
+        model: the LightningModule (its ``front_end`` and ``targets`` say what it does).
+        wiener_iterations: 0 = estimated magnitudes with the mixture phase (the paper's
+            resynthesis); ``n > 0`` = ``n`` EM iterations of the multichannel Wiener post-filter
+            over all estimated targets (plus a residual when they do not add up to the mixture).
+        device: where the model runs (``None`` = where it is).
+    """
+
+    needs_references = False
+
+    def __init__(self, model: torch.nn.Module, wiener_iterations: int = 0, device: Optional[str | torch.device] = None):
+        if wiener_iterations < 0:
+            raise LightningSepError(f"wiener_iterations={wiener_iterations} must be >= 0.")
+        self.model = model.eval()
+        if device is not None:
+            self.model.to(device)
+        self.device = next(iter(self.model.buffers())).device
+        self.name = getattr(model, "family", type(model).__name__)
+        self.sample_rate = int(model.front_end.sample_rate)
+        self.model_targets = list(model.targets)
+        self.add_accompaniment = "vocals" in self.model_targets and "accompaniment" not in self.model_targets
+        self.targets = self.model_targets + (["accompaniment"] if self.add_accompaniment else [])
+        self.wiener_iterations = int(wiener_iterations)
+        self.residual = set(self.model_targets) not in _PARTITIONS
+
+    @torch.no_grad()
+    def separate(self, mixture: Tensor, references: Optional[Tensor] = None) -> Tensor:
+        mixture = mixture.to(self.device, torch.float32)
+        model = self.model
+        spec = model.stft(mixture)  # (C, F, T) complex: the channels are a batch
+        mag, phase = magphase(spec)
+        est = model.estimate_magnitudes(mag).transpose(0, 1)  # (S, C, F, T)
+        if self.wiener_iterations:
+            est_spec = wiener(est, spec, self.wiener_iterations, residual=self.residual)[: len(self.model_targets)]
+        else:
+            est_spec = with_phase(est, phase.unsqueeze(0))
+        waves = model.istft(est_spec, length=mixture.shape[-1])  # (S, C, n)
+        if self.add_accompaniment:
+            vocals = waves[self.model_targets.index("vocals")]
+            waves = torch.cat([waves, (mixture - vocals).unsqueeze(0)])
+        return waves
+
+
+class MixtureSeparator:
+    """The mixture as the estimate of every target (``MODEL=mixture``)."""
+
+    needs_references = False
+    name = "mixture"
+
+    def __init__(self, sample_rate: int, targets: Sequence[str] = ALL_TARGETS):
+        self.sample_rate = int(sample_rate)
+        self.targets = _check_targets(targets)
+
+    def separate(self, mixture: Tensor, references: Optional[Tensor] = None) -> Tensor:
+        return mixture.float().unsqueeze(0).expand(len(self.targets), *mixture.shape).clone()
+
+
+class OracleSeparator:
+    """Oracle time-frequency masks from the reference stems (``oracle_ibm|irm1|irm2``).
+
+    Args:
+        kind: ``ibm`` (binary: ``|S_j| / |X| >= theta``), ``irm1`` (``|S_j| / sum_k |S_k|``) or
+            ``irm2`` (``|S_j|^2 / sum_k |S_k|^2``).
+        front_end: the STFT (every bin is used, whatever its ``retained_bins``).
+        targets: estimates to return (``accompaniment`` = drums + bass + other estimates).
+        theta: the IBM threshold (sigsep-mus-oracle: 0.5).
+    """
+
+    needs_references = True
+
+    def __init__(self, kind: str, front_end: FrontEnd | dict, targets: Sequence[str] = ALL_TARGETS, theta: float = 0.5):
+        if kind not in ("ibm", "irm1", "irm2"):
+            raise UnknownNameError("oracle", kind, ["ibm", "irm1", "irm2"])
+        fe = FrontEnd.from_dict(front_end)
+        fe = FrontEnd(**{**fe.to_dict(), "retained_bins": fe.n_fft // 2 + 1})
+        self.kind, self.theta, self.name = kind, float(theta), f"oracle_{kind}"
+        self.sample_rate = int(fe.sample_rate)
+        self.targets = _check_targets(targets)
+        self.stft, self.istft = STFT(fe), ISTFT(fe)
+
+    @torch.no_grad()
+    def separate(self, mixture: Tensor, references: Optional[Tensor] = None) -> Tensor:
+        if references is None or references.shape[0] != len(SOURCES):
+            raise LightningSepError(f"{self.name} needs the {len(SOURCES)} reference stems {SOURCES}.")
+        x = self.stft(mixture.float())  # (C, F, T)
+        s = self.stft(references.float()).abs()  # (4, C, F, T)
+        eps = torch.finfo(torch.float32).eps
+        if self.kind == "ibm":
+            mask = (s / (x.abs() + eps) >= self.theta).float()
+        else:
+            p = s ** (1 if self.kind == "irm1" else 2)
+            mask = p / (p.sum(0, keepdim=True) + eps)
+        est = self.istft(mask * x.unsqueeze(0), length=mixture.shape[-1])  # (4, C, n)
+        by_name = dict(zip(SOURCES, est))
+        by_name["accompaniment"] = by_name["drums"] + by_name["bass"] + by_name["other"]
+        return torch.stack([by_name[t] for t in self.targets])
+
+
+def _check_targets(targets: Sequence[str]) -> list[str]:
+    targets = list(targets)
+    for t in targets:
+        if t not in ALL_TARGETS:
+            raise UnknownNameError("target", t, list(ALL_TARGETS))
+    if not targets:
+        raise LightningSepError(f"No targets given: choose from {', '.join(ALL_TARGETS)}.")
+    return targets
+
+
+def reference_separator(name: str, front_end: FrontEnd | dict, targets: Sequence[str] = ALL_TARGETS) -> Separator:
+    """``mixture``, ``oracle_ibm``, ``oracle_irm1`` or ``oracle_irm2`` at the data's front end."""
+    if name == "mixture":
+        return MixtureSeparator(FrontEnd.from_dict(front_end).sample_rate, targets)
+    if name in REFERENCE_METHODS:
+        return OracleSeparator(name.removeprefix("oracle_"), front_end, targets)
+    raise UnknownNameError("reference method", name, list(REFERENCE_METHODS))
+
+
+@torch.no_grad()
+def separate_track(
+    separator: Separator,
+    mixture: np.ndarray,
+    sample_rate: int,
+    references: Optional[np.ndarray] = None,
+    chunk_seconds: float = 20.0,
+    overlap_seconds: float = 1.0,
+    device: Optional[str | torch.device] = None,
+    progress: bool | str = False,
+) -> dict[str, np.ndarray]:
+    """Separate a whole track, chunk by chunk (:func:`~lightning_sep.separation.overlap_add.overlap_add`).
+
+    Args:
+        mixture: ``(channels, samples)`` at ``sample_rate``; each channel is separated by the
+            monaural model (channels are a batch).
+        references: ``(4, channels, samples)`` stems in :data:`SOURCES` order, for an oracle.
+        chunk_seconds, overlap_seconds: chunk length and cross-fade, in seconds.
+
+    Returns:
+        ``{target: (samples, channels) float32}`` at ``sample_rate`` (the museval layout), with
+        as many samples as the mixture.  Audio at another rate than the separator's is resampled
+        to it and back.
+    """
+    if separator.needs_references and references is None:
+        raise LightningSepError(f"{separator.name} needs the reference stems of the track.")
+    if chunk_seconds <= 0 or not 0 <= overlap_seconds < chunk_seconds:
+        raise LightningSepError(
+            f"chunk_seconds={chunk_seconds} must be > 0 and overlap_seconds={overlap_seconds} in [0, chunk_seconds)."
+        )
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    length = mixture.shape[-1]
+    x = torch.tensor(np.asarray(mixture), dtype=torch.float32, device=device)  # a copy (the input may be a read-only map)
+    refs = None if references is None else torch.tensor(np.asarray(references), dtype=torch.float32, device=device)
+    rate = int(separator.sample_rate)
+    if rate != sample_rate:
+        import torchaudio.functional as AF
+
+        x = AF.resample(x, sample_rate, rate)
+        if refs is not None:
+            refs = AF.resample(refs, sample_rate, rate)
+    chunk = max(1, int(round(chunk_seconds * rate)))
+    overlap = int(round(overlap_seconds * rate))
+    est = overlap_add(separator.separate, x, chunk, overlap, extra=refs, progress=progress)
+    if rate != sample_rate:
+        import torchaudio.functional as AF
+
+        est = AF.resample(est, rate, sample_rate)
+        if est.shape[-1] < length:
+            est = torch.nn.functional.pad(est, (0, length - est.shape[-1]))
+        est = est[..., :length]
+    est = est.cpu().numpy()
+    return {t: np.ascontiguousarray(est[j].T) for j, t in enumerate(separator.targets)}
