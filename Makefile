@@ -24,7 +24,7 @@ REFERENCES := mixture oracle_ibm oracle_irm1 oracle_irm2
 MODEL_FLAG = $(if $(filter command line environment,$(origin MODEL)),--model $(MODEL),$(if $(CKPT)$(RUN_ID),,--model $(MODEL)))
 MODEL_ARGS = $(if $(CKPT),--ckpt '$(CKPT)') $(if $(RUN_ID),--run-id $(RUN_ID)) --wiener $(WIENER)
 
-.PHONY: help setup ffmpeg train eval eval-references separate test test-fast ui configs clean-data
+.PHONY: help setup ffmpeg train eval eval-references separate bench test test-fast ui configs clean-data
 
 help: ## List the targets and variables
 	@echo "Usage: make <target> [MODEL=$(MODEL)] [DATA=$(DATA)] [TRAINER=$(TRAINER)] [ARGS='...']"
@@ -71,6 +71,9 @@ eval-references: setup ## The reference rows: mixture and the three oracle masks
 separate: setup ## Separate IN='song.wav ...' with MODEL (or CKPT/RUN_ID) into OUT/<song>/<target>.wav
 	@if [ -z "$(IN)" ]; then echo "make separate: say which files, e.g. make separate IN=song.wav"; exit 2; fi
 	$(BIN)/lightning-sep separate $(IN) --out '$(OUT)' $(MODEL_FLAG) $(MODEL_ARGS) $(ARGS)
+
+bench: setup ## Benchmarks for BENCHMARKS.md (eval wall time per worker count, separation speed)
+	$(BIN)/python -m lightning_sep.benchmarks.eval_speed $(ARGS)
 
 configs: setup ## Print the resolved config of MODEL/DATA/TRAINER (reproduces the run)
 	$(BIN)/lightning-sep fit --config conf/trainer/$(TRAINER).yaml --config conf/data/$(DATA).yaml \

@@ -12,7 +12,7 @@ samples)`` for waveforms.  ``retained_bins`` keeps the first bins of the ``n_fft
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Iterable
 
 import torch

@@ -22,7 +22,6 @@ out of the medians.
 from __future__ import annotations
 
 import warnings
-from collections import OrderedDict
 from pathlib import Path
 import numpy as np
 
@@ -147,10 +146,15 @@ def score_track_to_json(
     from datamodules.audio_cache import AudioCache
     from lightning_sep.utils.atomic import atomic_write_text
 
+    from threadpoolctl import threadpool_limits
+
     stems = AudioCache.load(stems_path)
     with np.load(estimates_path) as npz:
         estimates = {k: npz[k] for k in npz.files}
-    data = score_track(name, stems, estimates, rate, win, hop)
+    # one BLAS thread, in the main process as in the workers: the same sums in the same order,
+    # so the scores do not depend on the number of workers
+    with threadpool_limits(limits=1):
+        data = score_track(name, stems, estimates, rate, win, hop)
     atomic_write_text(out_json, data.json)
     if not keep_estimates:
         Path(estimates_path).unlink(missing_ok=True)

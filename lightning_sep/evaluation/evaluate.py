@@ -25,7 +25,7 @@ import shutil
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
@@ -218,7 +218,8 @@ def evaluate(settings: EvalSettings) -> EvalResult:
     rate = int(datamodule.sample_rate)
     separator, label, info, run_id = build_separator(settings, datamodule, device)
     reported = [t for t in MUSDB_TARGETS if t in separator.targets]
-    if len([t for t in reported if t != "accompaniment"]) < 2 and not {"vocals", "accompaniment"} <= set(reported):
+    has_acc = {"vocals", "accompaniment"} <= set(reported)  # museval's vocals/accompaniment scenario
+    if not has_acc and len(reported) < 2:
         raise LightningSepError(
             f"{label} estimates {separator.targets}: BSS Eval needs at least two targets (museval), e.g. "
             "vocals (+ accompaniment = mixture - vocals) or drums, bass, other, vocals."
@@ -230,13 +231,39 @@ def evaluate(settings: EvalSettings) -> EvalResult:
             if name not in names:
                 raise UnknownNameError("test track", name, names)
         names = [n for n in names if n in settings.tracks]
-    index = {n: i for i, n in enumerate(tracks.names)}
 
     out_root = Path(settings.out).expanduser() if settings.out else default_out_root()
     folder = out_root / datamodule.dataset_name / label
     from lightning_sep.separation.audio import check_writable_folder
 
     check_writable_folder(folder, "--out")
+    with _exclusive(folder):
+        return _evaluate_in(settings, datamodule, tracks, names, rate, separator, label, info, run_id, reported,
+                            out_root, folder, device)
+
+
+@contextlib.contextmanager
+def _exclusive(folder: Path) -> Iterator[None]:
+    """One evaluation at a time writes a results folder (a second one stops with a clear message)."""
+    import fcntl
+
+    with open(folder / ".lock", "a+") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LightningSepError(
+                f"Another evaluation is writing {folder}: wait for it to finish, or pass --out another folder."
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _evaluate_in(settings: EvalSettings, datamodule: Any, tracks: Any, names: list[str], rate: int, separator: Any, label: str,
+                 info: dict[str, Any], run_id: Optional[str], reported: list[str], out_root: Path, folder: Path,
+                 device: str) -> EvalResult:
+    index = {n: i for i, n in enumerate(tracks.names)}
     run_settings = {**info, "dataset": datamodule.dataset_name, "root": str(datamodule.root), "sample_rate": rate,
                     "win": WIN, "hop": HOP, "museval": _museval_version()}
     manifest = {"settings_hash": _settings_hash(run_settings), "settings": run_settings}

@@ -69,9 +69,9 @@ def separate_files(
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise LightningSepError(f"Several inputs would write to the same output folder(s) {dupes}: rename them.")
-    out = check_writable_folder(out, "--out")
     device = resolve_device(device)
     resolved = resolve_checkpoint(model, ckpt, run_id)
+    out = check_writable_folder(out, "--out")
     separator = ModelSeparator(load_model(resolved, device=device, trust_checkpoint=trust_checkpoint),
                                wiener_iterations=wiener_iterations)
     print(f"Separating {len(paths)} file(s) with {resolved.path} (MODEL={resolved.family}) on {device} "

@@ -229,5 +229,10 @@ def separate_track(
         if est.shape[-1] < length:
             est = torch.nn.functional.pad(est, (0, length - est.shape[-1]))
         est = est[..., :length]
+        if getattr(separator, "add_accompaniment", False):
+            # mixture - vocals at the model's rate does not survive the round trip (resampling is not
+            # invertible): take the difference again at the input's rate, so the two add up to the input
+            original = torch.tensor(np.asarray(mixture), dtype=torch.float32, device=est.device)
+            est[separator.targets.index("accompaniment")] = original - est[separator.targets.index("vocals")]
     est = est.cpu().numpy()
     return {t: np.ascontiguousarray(est[j].T) for j, t in enumerate(separator.targets)}

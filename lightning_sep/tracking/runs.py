@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from lightning_sep.errors import LightningSepError
 from lightning_sep.paths import default_tracking_uri
-from lightning_sep.tracking.mlflow import redact
+from lightning_sep.tracking.mlflow import _local_store_dir, redact
 
 EXPERIMENT = "lightning-sep"
 
@@ -37,7 +37,12 @@ class ResolvedCheckpoint:
 
 
 def client(tracking_uri: Optional[str] = None) -> Any:
+    import logging
+
     from mlflow.tracking import MlflowClient
+
+    # "Creating initial MLflow database tables..." is not news to a user of `make eval`
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
     return MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())
 
@@ -187,7 +192,11 @@ def reference_run(method: str, label: str, dataset: str, settings_hash: str, tra
     """The MLflow run that holds a reference method's scores on a dataset (created once per settings)."""
     c = client(tracking_uri)
     exp = c.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp is not None else c.create_experiment(experiment)
+    if exp is not None:
+        exp_id = exp.experiment_id
+    else:  # as MLflowLogger does: artifacts beside a local store (MLflow's default is under the cwd)
+        store = _local_store_dir(tracking_uri or default_tracking_uri())
+        exp_id = c.create_experiment(experiment, artifact_location=(store / "artifacts").as_uri() if store else None)
     runs = c.search_runs(
         [exp_id],
         filter_string=(
