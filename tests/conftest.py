@@ -130,3 +130,37 @@ def config_args(model: str = "skipfilter", data: str = "musdb", trainer: str = "
         "--config", str(REPO / "conf" / "data" / f"{data}.yaml"),
         "--config", str(REPO / "conf" / "model" / f"{model}.yaml"),
     ]
+
+
+def train_tiny_skipfilter(base: Path, data_home: Path, n_test: int = 1):
+    """A real one-epoch skip-filter run on a tiny MUSDB18-HQ corpus, in its own MLflow store.
+
+    For module-scoped fixtures (the per-test stores of :func:`_isolated_environment` are empty).
+    Returns ``SimpleNamespace(uri, corpus, run_id, ckpt, base)``; ``ckpt`` is the best checkpoint.
+    """
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    from lightning_sep.cli import main
+
+    corpus = base / "corpus"
+    make_wav_corpus(corpus, n_train=3, n_test=n_test, seconds=3.0)
+    (base / "mlruns").mkdir()
+    uri = f"sqlite:///{base / 'mlruns' / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LIGHTNING_SEP_DATA", str(data_home))
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.delenv("MUSDB_ROOT", raising=False)
+        mp.chdir(base)
+        rc = main(["fit", *config_args("skipfilter"), "--data.root", str(corpus), "--data.cache_dir", str(base / "cache"),
+                   "--trainer.max_epochs", "1", "--data.samples_per_track", "2", "--data.val_segments_per_track", "1",
+                   "--data.val_segment_frames", "128", "--trainer.enable_progress_bar", "false",
+                   "--trainer.enable_model_summary", "false"])
+    assert rc == 0
+    client = MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1 and runs[0].data.tags["model.family"] == "skipfilter"
+    ckpt = Path(runs[0].data.tags["checkpoint.best"])
+    assert ckpt.is_file() and ckpt.parent.name == "checkpoints"
+    return SimpleNamespace(uri=uri, corpus=corpus, run_id=runs[0].info.run_id, ckpt=ckpt, base=base)

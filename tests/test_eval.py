@@ -16,14 +16,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 import simplejson
 
-from conftest import REPO, STEM_ORDER, config_args, make_wav_corpus, needs_ffmpeg, synth_track, track_names
+from conftest import REPO, STEM_ORDER, config_args, make_wav_corpus, needs_ffmpeg, synth_track, track_names, train_tiny_skipfilter
 from lightning_sep.cli import main
 from lightning_sep.errors import LightningSepError
 from lightning_sep.evaluation import aggregate
@@ -479,29 +478,7 @@ def test_workers_give_byte_identical_jsons(tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, data_home):
     """A one-epoch skip-filter run in its own MLflow store, on a tiny corpus (2 test tracks)."""
-    from mlflow.tracking import MlflowClient
-
-    base = tmp_path_factory.mktemp("trained")
-    corpus = base / "corpus"
-    make_wav_corpus(corpus, n_train=3, n_test=2, seconds=3)
-    (base / "mlruns").mkdir()
-    uri = f"sqlite:///{base / 'mlruns' / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LIGHTNING_SEP_DATA", str(data_home))
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.delenv("MUSDB_ROOT", raising=False)
-        mp.chdir(base)
-        rc = main(["fit", *config_args("skipfilter"), "--data.root", str(corpus), "--trainer.max_epochs", "1",
-                   "--data.samples_per_track", "2", "--data.val_segments_per_track", "1",
-                   "--data.val_segment_frames", "128", "--trainer.enable_progress_bar", "false",
-                   "--trainer.enable_model_summary", "false"])
-    assert rc == 0
-    client = MlflowClient(uri)
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    assert len(runs) == 1 and runs[0].data.tags["model.family"] == "skipfilter"
-    ckpt = Path(runs[0].data.tags["checkpoint.best"])
-    assert ckpt.is_file()
-    return SimpleNamespace(uri=uri, corpus=corpus, run_id=runs[0].info.run_id, ckpt=ckpt, base=base)
+    return train_tiny_skipfilter(tmp_path_factory.mktemp("trained"), data_home, n_test=2)
 
 
 def _check_logged(client, run_id: str, prefix: str, folder: Path, label: str, names: list[str], targets) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import REPO, config_args, make_stems_corpus, make_wav_corpus, needs_ffmpeg, synth_track
+from conftest import REPO, make_stems_corpus, needs_ffmpeg, synth_track, train_tiny_skipfilter
 from lightning_sep.cli import main
 from lightning_sep.separation.audio import read_audio
 from lightning_sep.tracking.runs import resolve_checkpoint
@@ -25,26 +25,12 @@ def trained(tmp_path_factory, data_home) -> SimpleNamespace:
     The per-test stores of conftest are empty: tests pass ``--ckpt`` explicitly, or point
     ``MLFLOW_TRACKING_URI`` at :attr:`uri` to find the run by ``--model``.
     """
-    root = tmp_path_factory.mktemp("trained")
-    corpus = root / "musdb"
-    make_wav_corpus(corpus, n_train=3, n_test=1, seconds=3.0)
-    (root / "mlruns").mkdir()
-    uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+    run = train_tiny_skipfilter(tmp_path_factory.mktemp("trained"), data_home, n_test=1)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.setenv("LIGHTNING_SEP_DATA", str(data_home))
-        mp.delenv("MUSDB_ROOT", raising=False)
-        mp.chdir(root)
-        rc = main([
-            "fit", *config_args(), "--data.root", str(corpus), "--data.cache_dir", str(root / "cache"),
-            "--trainer.max_epochs", "1", "--data.samples_per_track", "2", "--data.val_segments_per_track", "1",
-            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-        ])
-        assert rc == 0
+        mp.setenv("MLFLOW_TRACKING_URI", run.uri)
         resolved = resolve_checkpoint(model="skipfilter")
-    assert resolved.family == "skipfilter" and resolved.path.is_file()
-    assert resolved.path.parent.name == "checkpoints"
-    return SimpleNamespace(ckpt=str(resolved.path), uri=uri, run_id=resolved.run_id)
+    assert resolved.family == "skipfilter" and resolved.path == run.ckpt.resolve()
+    return SimpleNamespace(ckpt=str(resolved.path), uri=run.uri, run_id=resolved.run_id)
 
 
 def write_mixture(path: Path, seconds: float, sample_rate: int, channels: int, seed: int = 0, subtype: str = "PCM_16") -> np.ndarray:
