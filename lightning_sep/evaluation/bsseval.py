@@ -135,28 +135,31 @@ def json_is_complete(path: Path, targets: list[str], frames: int) -> bool:
     return all(got.get(t) == frames for t in targets)
 
 
-def score_track_to_json(
-    name: str, stems_path: str, estimates_path: str, out_json: str, rate: int, win: float = 1.0, hop: float = 1.0,
-    keep_estimates: bool = False,
-) -> str:
-    """Worker entry point: score a track from files and write its JSON atomically; returns the path.
-
-    ``estimates_path`` is an ``.npz`` of ``{target: (samples, channels)}``, deleted when done.
-    """
-    from datamodules.audio_cache import AudioCache
-    from lightning_sep.utils.atomic import atomic_write_text
-
+def write_track_json(name: str, stems: np.ndarray, estimates: dict[str, np.ndarray], out_json: str | Path,
+                     rate: int, win: float = 1.0, hop: float = 1.0) -> None:
+    """Score a track (:func:`score_track`) and write its museval JSON atomically."""
     from threadpoolctl import threadpool_limits
 
-    stems = AudioCache.load(stems_path)
-    with np.load(estimates_path) as npz:
-        estimates = {k: npz[k] for k in npz.files}
+    from lightning_sep.utils.atomic import atomic_write_text
+
     # one BLAS thread, in the main process as in the workers: the same sums in the same order,
     # so the scores do not depend on the number of workers
     with threadpool_limits(limits=1):
         data = score_track(name, stems, estimates, rate, win, hop)
     atomic_write_text(out_json, data.json)
-    if not keep_estimates:
-        Path(estimates_path).unlink(missing_ok=True)
-    return out_json
 
+
+def score_track_to_json(
+    name: str, stems_path: str, estimates_path: str, out_json: str, rate: int, win: float = 1.0, hop: float = 1.0,
+) -> str:
+    """Worker entry point: :func:`write_track_json` from files; returns the JSON's path.
+
+    ``estimates_path`` is an ``.npz`` of ``{target: (samples, channels)}``, deleted when done.
+    """
+    from datamodules.audio_cache import AudioCache
+
+    with np.load(estimates_path) as npz:
+        estimates = {k: npz[k] for k in npz.files}
+    write_track_json(name, AudioCache.load(stems_path), estimates, out_json, rate, win, hop)
+    Path(estimates_path).unlink(missing_ok=True)
+    return out_json

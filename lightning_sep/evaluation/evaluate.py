@@ -34,7 +34,13 @@ import pandas as pd
 
 from lightning_sep.errors import LightningSepError, UnknownNameError
 from lightning_sep.evaluation import aggregate
-from lightning_sep.evaluation.bsseval import MUSDB_TARGETS, json_is_complete, n_frames, score_track_to_json
+from lightning_sep.evaluation.bsseval import (
+    MUSDB_TARGETS,
+    json_is_complete,
+    n_frames,
+    score_track_to_json,
+    write_track_json,
+)
 from lightning_sep.paths import REPO_ROOT, default_tracking_uri
 from lightning_sep.registry import available, config_path
 from lightning_sep.utils.atomic import atomic_open, atomic_write_text
@@ -366,16 +372,17 @@ def _run_tracks(settings: EvalSettings, separator: Any, tracks: Any, index: dict
                 if settings.save_estimates:
                     for target, audio in estimates.items():
                         write_wav(folder / "estimates" / "test" / name / f"{target}.wav", audio, rate)
-                npz = work / f"{name}.npz"
+                json_path = folder / "test" / f"{name}.json"
+                if pool is None:
+                    bar.set_postfix_str(f"scoring {name}")
+                    write_track_json(name, stems, estimates, json_path, rate, WIN, HOP)
+                    bar.update(1)
+                    continue
+                npz = work / f"{name}.npz"  # handed to a worker process through the disk
                 with atomic_open(npz, "wb") as fh:
                     np.savez(fh, **estimates)
                 del estimates
-                job = (name, tracks.paths[index[name]], str(npz), str(folder / "test" / f"{name}.json"), rate, WIN, HOP)
-                if pool is None:
-                    bar.set_postfix_str(f"scoring {name}")
-                    score_track_to_json(*job)
-                    bar.update(1)
-                    continue
+                job = (name, tracks.paths[index[name]], str(npz), str(json_path), rate, WIN, HOP)
                 futures[pool.submit(score_track_to_json, *job)] = name
                 while len(futures) > workers:  # bound the estimates waiting in memory/disk
                     _collect(futures, bar, block=True)
