@@ -25,18 +25,17 @@ import warnings
 from pathlib import Path
 import numpy as np
 
+from datamodules._musdb import STEMS  # the rows of a decoded-audio cache entry
 from lightning_sep.errors import LightningSepError
 
 #: musdb's ``track.targets`` order (``mus.yaml``), which ``eval_mus_track`` follows.
 MUSDB_TARGETS: tuple[str, ...] = ("vocals", "drums", "bass", "other", "accompaniment", "linear_mixture")
-#: the rows of a decoded-audio cache entry (``datamodules._musdb.STEMS``)
-_ROW = {"mixture": 0, "drums": 1, "bass": 2, "other": 3, "vocals": 4}
 METRICS: tuple[str, ...] = ("SDR", "SIR", "ISR", "SAR")
 
 
 def reference_targets(stems: np.ndarray) -> dict[str, np.ndarray]:
     """musdb's targets from cached stems ``(5, channels, samples)``: ``{name: (samples, channels)}`` float64."""
-    src = {name: np.asarray(stems[row], dtype=np.float64).T for name, row in _ROW.items() if name != "mixture"}
+    src = {name: np.asarray(stems[row], dtype=np.float64).T for row, name in enumerate(STEMS) if name != "mixture"}
     out = {name: src[name] for name in ("vocals", "drums", "bass", "other")}
     out["accompaniment"] = np.sum(np.array([src["bass"], src["drums"], src["other"]]), axis=0)
     out["linear_mixture"] = np.sum(np.array([src["vocals"], src["bass"], src["drums"], src["other"]]), axis=0)

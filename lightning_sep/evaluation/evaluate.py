@@ -139,22 +139,6 @@ def default_workers(pending: int, longest_seconds: float, n_sources: int) -> int
     return max(1, min(cores, by_memory, pending))
 
 
-@contextlib.contextmanager
-def _single_threaded_children() -> Iterator[None]:
-    """Worker processes inherit one BLAS/OpenMP thread each (they run in parallel already)."""
-    keys = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-    old = {k: os.environ.get(k) for k in keys}
-    os.environ.update({k: "1" for k in keys})
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def _settings_hash(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -355,39 +339,37 @@ def _run_tracks(settings: EvalSettings, separator: Any, tracks: Any, index: dict
     bar = tqdm(total=len(pending), desc="museval", unit="track", disable=None if settings.progress else True)
     pool: Optional[ProcessPoolExecutor] = None
     futures: dict[Future, str] = {}
-    env = _single_threaded_children() if workers > 1 else contextlib.nullcontext()
     try:
-        with env:
-            if workers > 1:
-                import multiprocessing
+        if workers > 1:
+            import multiprocessing
 
-                pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
-            for name in pending:
-                bar.set_postfix_str(f"separating {name}")
-                stems = tracks.array(index[name])  # (5, C, L), memory-mapped
-                estimates = separate_track(
-                    separator, stems[0], rate, references=stems[1:] if separator.needs_references else None,
-                    chunk_seconds=settings.chunk_seconds, overlap_seconds=settings.overlap_seconds, device=device,
-                )
-                if settings.save_estimates:
-                    for target, audio in estimates.items():
-                        write_wav(folder / "estimates" / "test" / name / f"{target}.wav", audio, rate)
-                json_path = folder / "test" / f"{name}.json"
-                if pool is None:
-                    bar.set_postfix_str(f"scoring {name}")
-                    write_track_json(name, stems, estimates, json_path, rate, WIN, HOP)
-                    bar.update(1)
-                    continue
-                npz = work / f"{name}.npz"  # handed to a worker process through the disk
-                with atomic_open(npz, "wb") as fh:
-                    np.savez(fh, **estimates)
-                del estimates
-                job = (name, tracks.paths[index[name]], str(npz), str(json_path), rate, WIN, HOP)
-                futures[pool.submit(score_track_to_json, *job)] = name
-                while len(futures) > workers:  # bound the estimates waiting in memory/disk
-                    _collect(futures, bar, block=True)
-            while futures:
-                _collect(futures, bar, block=True)
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+        for name in pending:
+            bar.set_postfix_str(f"separating {name}")
+            stems = tracks.array(index[name])  # (5, C, L), memory-mapped
+            estimates = separate_track(
+                separator, stems[0], rate, references=stems[1:] if separator.needs_references else None,
+                chunk_seconds=settings.chunk_seconds, overlap_seconds=settings.overlap_seconds, device=device,
+            )
+            if settings.save_estimates:
+                for target, audio in estimates.items():
+                    write_wav(folder / "estimates" / "test" / name / f"{target}.wav", audio, rate)
+            json_path = folder / "test" / f"{name}.json"
+            if pool is None:
+                bar.set_postfix_str(f"scoring {name}")
+                write_track_json(name, stems, estimates, json_path, rate, WIN, HOP)
+                bar.update(1)
+                continue
+            npz = work / f"{name}.npz"  # handed to a worker process through the disk
+            with atomic_open(npz, "wb") as fh:
+                np.savez(fh, **estimates)
+            del estimates
+            job = (name, tracks.paths[index[name]], str(npz), str(json_path), rate, WIN, HOP)
+            futures[pool.submit(score_track_to_json, *job)] = name
+            while len(futures) > workers:  # bound the estimates waiting in memory/disk
+                _collect(futures, bar)
+        while futures:
+            _collect(futures, bar)
     except BaseException:
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
@@ -399,8 +381,9 @@ def _run_tracks(settings: EvalSettings, separator: Any, tracks: Any, index: dict
         bar.close()
 
 
-def _collect(futures: dict[Future, str], bar: Any, block: bool) -> None:
-    finished, _ = wait(list(futures), return_when=FIRST_COMPLETED, timeout=None if block else 0)
+def _collect(futures: dict[Future, str], bar: Any) -> None:
+    """Wait for at least one scoring job; a failed one stops the evaluation, naming its track."""
+    finished, _ = wait(list(futures), return_when=FIRST_COMPLETED)
     for fut in finished:
         name = futures.pop(fut)
         try:
@@ -427,10 +410,11 @@ def _other_methods(dataset_folder: Path, label: str, tracks: Sequence[str]) -> d
 def _log_to_mlflow(settings: EvalSettings, label: str, run_id: Optional[str], info: dict[str, Any],
                    manifest: dict[str, Any], medians: pd.DataFrame, folder: Path, datamodule: Any,
                    tracks: Sequence[str]) -> Optional[str]:
+    from lightning_sep.separation import REFERENCE_METHODS
     from lightning_sep.tracking.mlflow import redact
     from lightning_sep.tracking.runs import log_evaluation, reference_run
 
-    if run_id is None and info["method"] in ("mixture", "oracle_ibm", "oracle_irm1", "oracle_irm2"):
+    if run_id is None and info["method"] in REFERENCE_METHODS:
         run_id = reference_run(info["method"], label, datamodule.dataset_name, manifest["settings_hash"], experiment=settings.experiment)
     if run_id is None:
         print("The checkpoint is not from a run of this MLflow store: scores are not logged to MLflow.", flush=True)

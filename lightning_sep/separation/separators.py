@@ -25,15 +25,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from datamodules._musdb import SOURCES  # the order of the reference stems an oracle receives (cache order)
+from datamodules.musdb import TARGETS
 from lightning_sep.errors import LightningSepError, UnknownNameError
 from lightning_sep.separation.overlap_add import overlap_add
 from lightning_sep.separation.wiener import wiener
 from lightning_sep.transforms import ISTFT, STFT, FrontEnd, magphase, with_phase
 
-#: The order of the reference stems an oracle receives (MUSDB18 ``track.sources``, cache order).
-SOURCES: tuple[str, ...] = ("drums", "bass", "other", "vocals")
-#: Every target a reference method can produce.
-ALL_TARGETS: tuple[str, ...] = ("vocals", "drums", "bass", "other", "accompaniment")
+#: Every target a reference method can produce (the MUSDB DataModule's targets).
+ALL_TARGETS: tuple[str, ...] = TARGETS
 #: ``MODEL=`` names of the reference methods (not trained; evaluated through the same pipeline).
 REFERENCE_METHODS: tuple[str, ...] = ("mixture", "oracle_ibm", "oracle_irm1", "oracle_irm2")
 #: The target sets that add up to the mixture (no residual source is needed for Wiener filtering).
