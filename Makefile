@@ -29,8 +29,8 @@ MODEL_ARGS = $(if $(CKPT),--ckpt '$(CKPT)') $(if $(RUN_ID),--run-id $(RUN_ID)) -
 help: ## List the targets and variables
 	@echo "Usage: make <target> [MODEL=$(MODEL)] [DATA=$(DATA)] [TRAINER=$(TRAINER)] [ARGS='...']"
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "Variables: MODEL (conf/model/*.yaml), DATA (conf/data/*.yaml), TRAINER (cpu|auto),"
-	@echo "           ARGS (extra lightning-sep arguments), MUSDB_ROOT (real MUSDB18; unset = embedded corpus)"
+	@echo "Variables: MODEL (conf/model/*.yaml), DATA (conf/data/*.yaml: musdb, timit, timit_ten_speakers), TRAINER (cpu|auto),"
+	@echo "           ARGS (extra lightning-sep arguments), MUSDB_ROOT / TIMIT_ROOT (real data; unset = embedded corpora)"
 	@echo "           eval/separate: CKPT, RUN_ID (default: latest finished run of MODEL), WIENER (EM iterations),"
 	@echo "           EVAL_WORKERS (museval processes), IN (files to separate), OUT (default separated/)"
 
@@ -59,7 +59,7 @@ train: setup ## Train MODEL on DATA with TRAINER; tracked in MLflow (mlruns/)
 	$(BIN)/lightning-sep fit --config conf/trainer/$(TRAINER).yaml --config conf/data/$(DATA).yaml \
 	  --config conf/model/$(MODEL).yaml $(ARGS)
 
-eval: setup ## museval scores of MODEL (or mixture / oracle_ibm / oracle_irm1 / oracle_irm2) on the test set
+eval: setup ## Test-set scores of MODEL (or mixture / oracle_*): museval on MUSDB, BSS Eval v3 on DATA=timit
 	$(BIN)/lightning-sep eval $(MODEL_FLAG) --data $(DATA) $(if $(filter $(MODEL),$(REFERENCES)),,$(MODEL_ARGS)) \
 	  $(if $(EVAL_WORKERS),--workers $(EVAL_WORKERS)) $(ARGS)
 
@@ -72,8 +72,9 @@ separate: setup ## Separate IN='song.wav ...' with MODEL (or CKPT/RUN_ID) into O
 	@if [ -z "$(IN)" ]; then echo "make separate: say which files, e.g. make separate IN=song.wav"; exit 2; fi
 	$(BIN)/lightning-sep separate $(IN) --out '$(OUT)' $(MODEL_FLAG) $(MODEL_ARGS) $(ARGS)
 
-bench: setup ## Benchmarks for BENCHMARKS.md (eval wall time per worker count, separation speed)
+bench: setup ## Benchmarks for BENCHMARKS.md (eval wall time per worker count, separation speed, speech metrics)
 	$(BIN)/python -m lightning_sep.benchmarks.eval_speed $(ARGS)
+	$(BIN)/python -m lightning_sep.benchmarks.speech_metrics
 
 configs: setup ## Print the resolved config of MODEL/DATA/TRAINER (reproduces the run)
 	$(BIN)/lightning-sep fit --config conf/trainer/$(TRAINER).yaml --config conf/data/$(DATA).yaml \

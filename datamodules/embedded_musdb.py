@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sys
 import zlib
 from pathlib import Path
@@ -33,12 +32,11 @@ import numpy as np
 import soundfile as sf
 
 from datamodules import synth
+from datamodules.corpus import MANIFEST, ensure_corpus, manifest_is_complete
 from lightning_sep.errors import LightningSepError
 from lightning_sep.paths import data_home
-from lightning_sep.utils.atomic import atomic_directory, file_lock
 
 CORPUS_VERSION = 1
-MANIFEST = "manifest.json"
 FILES = ("mixture", "vocals", "drums", "bass", "other")
 DEFAULTS = {"n_train": 12, "n_test": 4, "duration": 20.0, "sample_rate": 44100}
 _SFC_SET_ADD_PEAK_CHUNK = 0x1050  # libsndfile's sndfile.h
@@ -122,32 +120,7 @@ def _expected_files(params: dict) -> set[str]:
 def is_complete(root: str | os.PathLike, params: dict) -> bool:
     """True if ``root`` holds a finished corpus of exactly these parameters: a manifest of this
     version and parameters listing every expected file, each present with its recorded size."""
-    root = Path(root)
-    try:
-        manifest = json.loads((root / MANIFEST).read_text())
-        if manifest.get("version") != CORPUS_VERSION or manifest.get("params") != params:
-            return False
-        files = manifest["files"]
-        if set(files) != _expected_files(params):
-            return False
-        return all((root / f).stat().st_size == info["bytes"] for f, info in files.items())
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return False
-
-
-def _check_replaceable(root: Path) -> None:
-    """Refuse to delete a folder that this module cannot have written (a mistyped ``root``)."""
-    if not root.exists():
-        return
-    if not root.is_dir():
-        raise LightningSepError(f"{root} exists and is not a folder; remove it or choose another root.")
-    foreign = [p.name for p in root.iterdir()
-               if not p.name.startswith(".") and p.name not in ("train", "test", MANIFEST)]
-    if foreign:
-        raise LightningSepError(
-            f"{root} holds files that are not part of an embedded MUSDB18 corpus "
-            f"({', '.join(sorted(foreign)[:5])}); refusing to replace it. Choose another root "
-            "or remove that folder.")
+    return manifest_is_complete(Path(root), CORPUS_VERSION, params, _expected_files(params))
 
 
 def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
@@ -167,7 +140,6 @@ def _write(tmp: Path, params: dict, progress: bool) -> None:
     """Generate every track into ``tmp`` (the manifest last: its presence marks completion)."""
     from tqdm import tqdm
 
-    tmp.chmod(0o755)  # mkdtemp makes it private; the corpus is ordinary shared data
     names = track_names(params["n_train"], params["n_test"])
     jobs = [(subset, track) for subset, tracks in names.items() for track in tracks]
     files, tracks = {}, {}
@@ -216,15 +188,5 @@ def ensure_embedded_musdb(root: str | os.PathLike | None = None, *, seed: int = 
             f"duration={duration} and sample_rate={sample_rate}: need duration > 0 and a sample rate >= 8000 Hz.")
     if root is None:
         root = default_root(seed, **{k: params[k] for k in DEFAULTS})
-    root = Path(root).expanduser().absolute()
-    if is_complete(root, params):
-        return root
-    with file_lock(root.parent / f".{root.name}.lock"):
-        if is_complete(root, params):  # another process finished it while we waited
-            return root
-        _check_replaceable(root)
-        for stale in [*root.parent.glob(f".{root.name}.tmp-*"), *root.parent.glob(f".{root.name}.old-*")]:
-            shutil.rmtree(stale, ignore_errors=True)  # left by an interrupted generation
-        with atomic_directory(root) as tmp:
-            _write(tmp, params, progress)
-    return root
+    return ensure_corpus(Path(root), lambda r: is_complete(r, params), ("train", "test"),
+                         "embedded MUSDB18 corpus", lambda tmp: _write(tmp, params, progress))

@@ -26,14 +26,9 @@ Items
     ``mono=False`` makes every channel its own monaural example.  The target ``accompaniment`` is
     ``mixture - vocals`` (musdb's ``drums + bass + other``).
 
-Randomness (no global RNG state is used)
-    The training item with index ``i`` in epoch ``e`` draws its channel, offset (and, with
-    ``random_track_mix``, its source tracks) from ``numpy.random.default_rng([seed, 1, e, i])``,
-    and the epoch's order is a permutation from ``default_rng([seed, 2, e])``.  The epoch reaches
-    the dataloader workers through the indices the :class:`EpochSampler` hands out (``e * len + i``),
-    so a run is reproducible for any ``num_workers``, workers never repeat each other's segments,
-    and every epoch draws new segments.  Lightning calls ``EpochSampler.set_epoch`` each epoch
-    (also through its distributed wrapper under DDP, where each rank gets different indices).
+Randomness
+    Segments are drawn by :mod:`datamodules.segments` (per-item seeding, no global RNG state):
+    reproducible for any ``num_workers``, new segments every epoch, different ones per DDP rank.
     Validation and test segments are fixed: the same every epoch and every run.
 """
 
@@ -46,18 +41,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
-import lightning as L
 import numpy as np
-import torch
-from lightning.pytorch.utilities import rank_zero_only
-from torch.utils.data import DataLoader, Dataset, Sampler
 
 from datamodules import _musdb
 from datamodules._musdb import SOURCES, STEMS
 from datamodules.audio_cache import AudioCache
+from datamodules.base import SeparationDataModule, check_at_least, check_targets
+from datamodules.segments import FixedSegments, StemItem, TrainSegments
 from lightning_sep.errors import LightningSepError, UnknownNameError
 from lightning_sep.paths import data_home
-from lightning_sep.transforms import FrontEnd
 
 log = logging.getLogger(__name__)
 
@@ -106,129 +98,29 @@ class CachedTracks:
         return state
 
 
-def _crop(x: np.ndarray, offset: int, length: int) -> np.ndarray:
-    """``x[..., offset:offset + length]`` as float32, zero-padded at the end if the track is short."""
-    seg = np.array(x[..., offset : offset + length], dtype=np.float32)  # a writable copy of the map
-    if seg.shape[-1] < length:
-        pad = [(0, 0)] * (seg.ndim - 1) + [(0, length - seg.shape[-1])]
-        seg = np.pad(seg, pad)
-    return seg
+def musdb_item(targets: Sequence[str]) -> StemItem:
+    """Targets as rows of a cache entry; ``accompaniment`` is ``mixture - vocals``."""
+    return StemItem([_ROW["vocals" if t == "accompaniment" else t] for t in targets],
+                    [t == "accompaniment" for t in targets])
 
 
-def _segment(a: np.ndarray, rows: slice | int, channel: Optional[int], offset: int, length: int) -> np.ndarray:
-    """Stem row(s) of a cache entry, one channel (``channel``) or the channel average (``None``)."""
-    if channel is None:
-        return _crop(a[rows], offset, length).mean(axis=-2)
-    return _crop(a[rows, channel], offset, length)
+def MUSDBTrainDataset(tracks: CachedTracks, targets: Sequence[str], segment_samples: int, samples_per_track: int,
+                      mono: bool, seed: int, random_track_mix: bool = False) -> TrainSegments:
+    """Random training segments (:class:`~datamodules.segments.TrainSegments`); with
+    ``random_track_mix`` each of the four sources comes from its own random track, channel and
+    offset, and the mixture is their sum (open-unmix's augmentation)."""
+    remix = [_ROW[name] for name in SOURCES] if random_track_mix else None
+    return TrainSegments(tracks, musdb_item(targets), segment_samples, samples_per_track, mono, seed, remix)
 
 
-def _item(stems: np.ndarray, targets: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``stems`` ``(5, L)`` (mixture, drums, bass, other, vocals) to ``(mixture, targets)``."""
-    mixture = stems[0]
-    out = [mixture - stems[_ROW["vocals"]] if t == "accompaniment" else stems[_ROW[t]] for t in targets]
-    return torch.from_numpy(np.ascontiguousarray(mixture)), torch.from_numpy(np.stack(out))
-
-
-class EpochSampler(Sampler[int]):
-    """Hands out ``epoch * n + i`` for a seeded permutation of ``i`` in ``range(n)``.
-
-    The epoch advances by one after each pass (or is set by Lightning through :meth:`set_epoch`),
-    which is how the dataset's workers learn the epoch without shared state.
-    """
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = int(n), int(seed), 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self) -> Iterator[int]:
-        epoch = self.epoch
-        self.epoch += 1
-        order = np.random.default_rng([self.seed, 2, epoch]).permutation(self.n)
-        return iter((epoch * self.n + order).tolist())
-
-
-class MUSDBTrainDataset(Dataset):
-    """``samples_per_track`` random segments per track per epoch (see the module docstring).
-
-    Item ``i`` of an epoch comes from track ``i // samples_per_track`` (every track is seen equally
-    often), with a random channel (``mono=False``) and offset.  With ``random_track_mix`` each of
-    the four sources comes from its own random track, channel and offset, and the mixture is their
-    sum (open-unmix's augmentation).
-    """
-
-    def __init__(
-        self, tracks: CachedTracks, targets: Sequence[str], segment_samples: int,
-        samples_per_track: int, mono: bool, seed: int, random_track_mix: bool = False,
-    ):
-        self.tracks, self.targets = tracks, list(targets)
-        self.length, self.samples_per_track = int(segment_samples), int(samples_per_track)
-        self.mono, self.seed, self.random_track_mix = bool(mono), int(seed), bool(random_track_mix)
-
-    def __len__(self) -> int:
-        return len(self.tracks) * self.samples_per_track
-
-    def _draw(self, rng: np.random.Generator, t: int) -> tuple[Optional[int], int]:
-        channel = None if self.mono else int(rng.integers(self.tracks.channels[t]))
-        offset = int(rng.integers(max(self.tracks.lengths[t] - self.length, 0) + 1))
-        return channel, offset
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        epoch, i = divmod(int(index), len(self))
-        rng = np.random.default_rng([self.seed, 1, epoch, i])
-        if not self.random_track_mix:
-            t = i // self.samples_per_track
-            channel, offset = self._draw(rng, t)
-            stems = _segment(self.tracks.array(t), slice(None), channel, offset, self.length)
-        else:
-            sources = []
-            for name in SOURCES:
-                t = int(rng.integers(len(self.tracks)))
-                channel, offset = self._draw(rng, t)
-                sources.append(_segment(self.tracks.array(t), _ROW[name], channel, offset, self.length))
-            sources = np.stack(sources)
-            stems = np.concatenate([sources.sum(axis=0, keepdims=True), sources])
-        return _item(stems, self.targets)
-
-
-class MUSDBSegmentDataset(Dataset):
-    """Fixed segments (validation/test): ``segments_per_track`` per track (and per channel when
-    ``mono=False``), centred in equal parts of the track -- the same every epoch and run.  A track
-    shorter than a segment gives one zero-padded segment (with a warning naming it)."""
-
-    def __init__(
-        self, tracks: CachedTracks, targets: Sequence[str], segment_samples: int,
-        segments_per_track: int, mono: bool,
-    ):
-        self.tracks, self.targets, self.length, self.mono = tracks, list(targets), int(segment_samples), bool(mono)
-        self.items: list[tuple[int, Optional[int], int]] = []  # (track, channel, offset)
-        for t, (name, n) in enumerate(zip(tracks.names, tracks.lengths)):
-            if n < self.length:
-                warnings.warn(
-                    f"Track {name!r} has {n} samples, fewer than a segment ({self.length}); "
-                    "it is evaluated on one zero-padded segment.", stacklevel=2,
-                )
-                offsets = [0]
-            else:
-                k = int(segments_per_track)
-                offsets = sorted({min(max(int((j + 0.5) * n / k - self.length / 2), 0), n - self.length) for j in range(k)})
-            channels = [None] if self.mono else list(range(tracks.channels[t]))
-            self.items += [(t, c, o) for o in offsets for c in channels]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        t, channel, offset = self.items[index]
-        return _item(_segment(self.tracks.array(t), slice(None), channel, offset, self.length), self.targets)
+def MUSDBSegmentDataset(tracks: CachedTracks, targets: Sequence[str], segment_samples: int,
+                        segments_per_track: int, mono: bool) -> FixedSegments:
+    """Fixed validation/test segments (:class:`~datamodules.segments.FixedSegments`)."""
+    return FixedSegments(tracks, musdb_item(targets), segment_samples, segments_per_track, mono)
 
 
 # -- the DataModule ------------------------------------------------------------------------------
-class MUSDBDataModule(L.LightningDataModule):
+class MUSDBDataModule(SeparationDataModule):
     """MUSDB18 / MUSDB18-HQ as ``(mixture, targets)`` waveform segments for monaural separation.
 
     Args:
@@ -279,35 +171,13 @@ class MUSDBDataModule(L.LightningDataModule):
         cache_dir: Optional[str] = None,
         embedded_seed: int = 2018,
     ):
-        super().__init__()
-        targets = [targets] if isinstance(targets, str) else list(targets)
-        if not targets:
-            raise LightningSepError(f"targets is empty: give one or more of {', '.join(TARGETS)}.")
-        for t in targets:
-            if t not in TARGETS:
-                raise UnknownNameError("target", t, TARGETS)
-        dupes = sorted({t for t in targets if targets.count(t) > 1})
-        if dupes:
-            raise LightningSepError(f"targets={targets} names {', '.join(dupes)} more than once; list each target once.")
-        self._front_end = FrontEnd(  # validates the STFT settings
-            sample_rate=int(sample_rate), n_fft=int(n_fft), win_length=int(win_length),
-            hop_length=int(hop_length), window=str(window), retained_bins=int(retained_bins),
+        super().__init__(
+            sample_rate=sample_rate, n_fft=n_fft, win_length=win_length, hop_length=hop_length, window=window,
+            retained_bins=retained_bins, segment_frames=segment_frames, val_segment_frames=val_segment_frames,
+            batch_size=batch_size, num_workers=num_workers, seed=seed,
         )
-        if sample_rate <= 0:
-            raise LightningSepError(f"sample_rate={sample_rate} must be positive.")
-        for name, value in [
-            ("segment_frames", segment_frames), ("val_segment_frames", val_segment_frames),
-        ]:
-            if int(value) < 2:
-                raise LightningSepError(f"{name}={value} must be at least 2 frames.")
-        for name, value in [
-            ("samples_per_track", samples_per_track), ("val_segments_per_track", val_segments_per_track),
-            ("batch_size", batch_size),
-        ]:
-            if int(value) < 1:
-                raise LightningSepError(f"{name}={value} must be at least 1.")
-        if int(num_workers) < 0:
-            raise LightningSepError(f"num_workers={num_workers} must be >= 0.")
+        targets = check_targets(targets, TARGETS)
+        check_at_least(1, samples_per_track=samples_per_track, val_segments_per_track=val_segments_per_track)
         if not 0.0 < float(validation_fraction) < 1.0:
             raise LightningSepError(f"validation_fraction={validation_fraction} must be between 0 and 1 (exclusive).")
         if int(seed) < 0 or int(embedded_seed) < 0:
@@ -323,13 +193,11 @@ class MUSDBDataModule(L.LightningDataModule):
         self.targets = targets
         self.source_names = list(targets)
         self.mono = bool(mono)
-        self.sample_rate = int(sample_rate)
-        self.segment_frames, self.samples_per_track = int(segment_frames), int(samples_per_track)
+        self.samples_per_track = int(samples_per_track)
         self.random_track_mix = bool(random_track_mix)
-        self.val_segment_frames, self.val_segments_per_track = int(val_segment_frames), int(val_segments_per_track)
+        self.val_segments_per_track = int(val_segments_per_track)
         self.validation_tracks = validation_tracks
         self.validation_fraction = float(validation_fraction)
-        self.batch_size, self.num_workers, self.seed = int(batch_size), int(num_workers), int(seed)
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self.embedded_seed = int(embedded_seed)
 
@@ -338,31 +206,8 @@ class MUSDBDataModule(L.LightningDataModule):
         self.train_tracks: list[str] = []
         self.valid_tracks: list[str] = []
         self.test_tracks: list[str] = []
-        self.train_set: Optional[MUSDBTrainDataset] = None
-        self.valid_set: Optional[MUSDBSegmentDataset] = None
-        self.test_set: Optional[MUSDBSegmentDataset] = None
         self._embedded = False
         self._scanned: Optional[dict[str, list[Any]]] = None
-        self._sampler: Optional[EpochSampler] = None
-        self._announced = False
-
-    # -- the front end and segment lengths ---------------------------------------------------------
-    @property
-    def front_end(self) -> dict:
-        """STFT settings for the model: plain ints and a str."""
-        fe = self._front_end
-        return {
-            "sample_rate": int(fe.sample_rate), "n_fft": int(fe.n_fft), "win_length": int(fe.win_length),
-            "hop_length": int(fe.hop_length), "window": str(fe.window), "retained_bins": int(fe.retained_bins),
-        }
-
-    @property
-    def segment_samples(self) -> int:
-        return self._front_end.frames_to_samples(self.segment_frames)
-
-    @property
-    def val_segment_samples(self) -> int:
-        return self._front_end.frames_to_samples(self.val_segment_frames)
 
     # -- where the data is ---------------------------------------------------------------------------
     def _resolve_root(self) -> Path:
@@ -474,14 +319,6 @@ class MUSDBDataModule(L.LightningDataModule):
         )
         return train, valid
 
-    @rank_zero_only
-    def _announce(self, message: str) -> None:
-        if self._announced:
-            return
-        self._announced = True
-        log.info(message)
-        print(message, flush=True)
-
     # -- the cache ------------------------------------------------------------------------------------
     def _cache(self) -> AudioCache:
         return AudioCache(self.cache_dir or default_cache_dir())
@@ -522,11 +359,10 @@ class MUSDBDataModule(L.LightningDataModule):
             train, valid = self._split()
             if self.train_set is None and stage in (None, "fit"):
                 tracks = CachedTracks(self.train_tracks, self._entries(cache, train))
-                self.train_set = MUSDBTrainDataset(
+                self._set_train_set(MUSDBTrainDataset(
                     tracks, self.targets, self.segment_samples, self.samples_per_track, self.mono,
                     self.seed, self.random_track_mix,
-                )
-                self._sampler = EpochSampler(len(self.train_set), self.seed)
+                ))
                 for name, n in zip(tracks.names, tracks.lengths):
                     if n < self.segment_samples:
                         warnings.warn(
@@ -550,31 +386,6 @@ class MUSDBDataModule(L.LightningDataModule):
             )
 
     # -- data ------------------------------------------------------------------------------------------
-    def _loader(self, dataset: Optional[Dataset], stage: str, sampler: Optional[Sampler] = None) -> DataLoader:
-        if dataset is None:
-            self.setup(stage)
-            dataset = {"fit": self.train_set, "validate": self.valid_set, "test": self.test_set}[stage]
-            sampler = self._sampler if stage == "fit" else None
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            shuffle=False,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            generator=torch.Generator().manual_seed(self.seed),  # worker base seeds: not the global RNG
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, "fit", self._sampler)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.valid_set, "validate")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, "test")
-
     def full_tracks(self, subset: str = "test") -> CachedTracks:
         """Whole stereo tracks of ``subset`` (``train`` or ``test``) as cache entries
         ``(5, channels, samples)`` at ``sample_rate``, decoding the missing ones (``make eval``)."""

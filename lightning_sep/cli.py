@@ -100,15 +100,18 @@ def eval_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lightning-sep eval",
         description="museval (BSS Eval v4) scores on the MUSDB18 test set (MUSDB_ROOT, else the embedded corpus), "
-        "SiSEC medians, logged to the model's MLflow run. Reference methods: " + ", ".join(REFERENCE_METHODS) + ".",
+        "SiSEC medians; with --data timit: BSS Eval v3 (bss_eval_sources) and SI-SDR on the TIMIT test mixtures "
+        "(TIMIT_ROOT, else the embedded corpus). Logged to the model's MLflow run. Reference methods: "
+        + ", ".join(REFERENCE_METHODS) + ".",
     )
     _model_arguments(parser)
     data = parser.add_argument_group("data and results")
-    data.add_argument("--data", default="musdb", help="conf/data/<name>.yaml (default musdb)")
-    data.add_argument("--root", help="dataset folder (default: MUSDB_ROOT, else the embedded corpus)")
-    data.add_argument("--tracks", nargs="+", metavar="NAME", help="only these test tracks")
+    data.add_argument("--data", default="musdb", help="conf/data/<name>.yaml (default musdb; timit, timit_ten_speakers)")
+    data.add_argument("--root", help="dataset folder (default: MUSDB_ROOT / TIMIT_ROOT, else the embedded corpus)")
+    data.add_argument("--tracks", nargs="+", metavar="NAME", help="only these test tracks (TIMIT: test mixtures)")
     data.add_argument("--targets", nargs="+", metavar="TARGET",
-                      help="reference methods only: which estimates (default vocals drums bass other accompaniment)")
+                      help="reference methods only: which estimates (default: MUSDB vocals drums bass other "
+                      "accompaniment; TIMIT male female)")
     data.add_argument("--out", help="results folder (default: mlruns/eval beside the MLflow store)")
     data.add_argument("--workers", type=int, help="museval worker processes (default: from cores and free memory)")
     data.add_argument("--save-estimates", action="store_true", help="also write the estimates as wav files")

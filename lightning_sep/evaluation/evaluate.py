@@ -1,5 +1,9 @@
 """``make eval``: museval (BSS Eval v4) scores of a model or a reference method on the MUSDB18 test set.
 
+(A DataModule of speech mixtures -- ``DATA=timit`` -- is scored with BSS Eval v3 instead:
+:mod:`lightning_sep.evaluation.speech`, through the same separators, results folders and MLflow
+logging.)
+
 The job (:func:`evaluate`):
 
 1. finds what to evaluate -- a trained model through MLflow (:mod:`lightning_sep.tracking.runs`)
@@ -107,7 +111,7 @@ def load_datamodule(name: str, root: Optional[str] = None) -> Any:
     if root is not None:
         init_args["root"] = root
     datamodule = getattr(importlib.import_module(module), cls)(**init_args)
-    if not hasattr(datamodule, "full_tracks"):
+    if not (hasattr(datamodule, "full_tracks") or hasattr(datamodule, "test_mixtures")):
         raise LightningSepError(f"DATA={name}: {config['class_path']} has no full tracks to evaluate on.")
     return datamodule
 
@@ -139,11 +143,11 @@ def default_workers(pending: int, longest_seconds: float, n_sources: int) -> int
     return max(1, min(cores, by_memory, pending))
 
 
-def _settings_hash(settings: dict[str, Any]) -> str:
+def settings_hash(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def _check_manifest(folder: Path, manifest: dict[str, Any], overwrite: bool) -> None:
+def check_manifest(folder: Path, manifest: dict[str, Any], overwrite: bool) -> None:
     """Results in ``folder`` must come from the same settings; else stop (or discard with overwrite)."""
     path = folder / "manifest.json"
     if path.is_file():
@@ -163,27 +167,33 @@ def _check_manifest(folder: Path, manifest: dict[str, Any], overwrite: bool) -> 
 
 
 # -- the separator --------------------------------------------------------------------------------------
-def build_separator(settings: EvalSettings, datamodule: Any, device: str) -> tuple[Any, str, dict[str, Any], Optional[str]]:
-    """(separator, method label, settings that make its results what they are, MLflow run id)."""
+def build_separator(settings: EvalSettings, datamodule: Any, device: str, default_targets: Optional[Sequence[str]] = None,
+                    sources: Optional[Sequence[str]] = None) -> tuple[Any, str, dict[str, Any], Optional[str]]:
+    """(separator, method label, settings that make its results what they are, MLflow run id).
+
+    ``sources`` are the dataset's reference rows (MUSDB18's stems by default) and
+    ``default_targets`` what a reference method estimates unless ``--targets`` says otherwise."""
     from lightning_sep.separation import REFERENCE_METHODS, ModelSeparator, reference_separator
-    from lightning_sep.separation.separators import ALL_TARGETS
+    from lightning_sep.separation.separators import ALL_TARGETS, SOURCES
     from lightning_sep.tracking.runs import load_model, resolve_checkpoint
 
+    default_targets = list(default_targets or ALL_TARGETS)
     model = settings.model
     if model in REFERENCE_METHODS:
         if settings.ckpt or settings.run_id:
             raise LightningSepError(f"MODEL={model} is a reference method: it has no checkpoint (drop CKPT/RUN_ID).")
-        sep = reference_separator(model, datamodule.front_end, settings.targets or ALL_TARGETS)
+        sep = reference_separator(model, datamodule.front_end, settings.targets or default_targets, sources or SOURCES)
         info = {"method": model, "targets": sep.targets, "front_end": datamodule.front_end,
                 "chunk_seconds": settings.chunk_seconds, "overlap_seconds": settings.overlap_seconds}
         # museval scores a target set as a scenario: another set is another results folder
-        label = model if sep.targets == list(ALL_TARGETS) else f"{model}-{'+'.join(sep.targets)}"
+        label = model if sep.targets == default_targets else f"{model}-{'+'.join(sep.targets)}"
         return sep, label, info, None
     if model is not None and model not in available("model"):
         raise UnknownNameError("MODEL", model, available("model") + list(REFERENCE_METHODS))
     if settings.targets:
         raise LightningSepError("--targets is for the reference methods; a model estimates the targets it was trained on.")
-    resolved = resolve_checkpoint(model, settings.ckpt, settings.run_id, experiment=settings.experiment)
+    resolved = resolve_checkpoint(model, settings.ckpt, settings.run_id, experiment=settings.experiment,
+                                  dataset=datamodule.dataset_name)
     net = load_model(resolved, device=device, trust_checkpoint=settings.trust_checkpoint)
     sep = ModelSeparator(net, wiener_iterations=settings.wiener_iterations)
     label = resolved.label + (f"-wiener{settings.wiener_iterations}" if settings.wiener_iterations else "")
@@ -204,6 +214,10 @@ def evaluate(settings: EvalSettings) -> EvalResult:
         raise LightningSepError(f"EVAL_WORKERS={settings.workers}: must be at least 1.")
     device = resolve_device(settings.device)
     datamodule = load_datamodule(settings.data, settings.root)
+    if hasattr(datamodule, "test_mixtures"):
+        from lightning_sep.evaluation.speech import evaluate_mixtures
+
+        return evaluate_mixtures(settings, datamodule, device)
     tracks = datamodule.full_tracks("test")
     rate = int(datamodule.sample_rate)
     separator, label, info, run_id = build_separator(settings, datamodule, device)
@@ -227,13 +241,13 @@ def evaluate(settings: EvalSettings) -> EvalResult:
     from lightning_sep.separation.audio import check_writable_folder
 
     check_writable_folder(folder, "--out")
-    with _exclusive(folder):
+    with exclusive(folder):
         return _evaluate_in(settings, datamodule, tracks, names, rate, separator, label, info, run_id, reported,
                             out_root, folder, device)
 
 
 @contextlib.contextmanager
-def _exclusive(folder: Path) -> Iterator[None]:
+def exclusive(folder: Path) -> Iterator[None]:
     """One evaluation at a time writes a results folder (a second one stops with a clear message)."""
     import fcntl
 
@@ -256,8 +270,8 @@ def _evaluate_in(settings: EvalSettings, datamodule: Any, tracks: Any, names: li
     index = {n: i for i, n in enumerate(tracks.names)}
     run_settings = {**info, "dataset": datamodule.dataset_name, "root": str(datamodule.root), "sample_rate": rate,
                     "win": WIN, "hop": HOP, "museval": _museval_version()}
-    manifest = {"settings_hash": _settings_hash(run_settings), "settings": run_settings}
-    _check_manifest(folder, manifest, settings.overwrite)
+    manifest = {"settings_hash": settings_hash(run_settings), "settings": run_settings}
+    check_manifest(folder, manifest, settings.overwrite)
     (folder / "test").mkdir(parents=True, exist_ok=True)
     work = folder / ".work"
     shutil.rmtree(work, ignore_errors=True)  # leftovers of a killed run (never results)
@@ -318,7 +332,11 @@ def _evaluate_in(settings: EvalSettings, datamodule: Any, tracks: Any, names: li
         print(f"Scored {len(pending)} track(s) in {elapsed:.1f} s with {workers} worker(s).", flush=True)
 
     if settings.log_mlflow:
-        run_id = _log_to_mlflow(settings, label, run_id, info, manifest, medians, folder, datamodule, scored)
+        prefix = f"test_wiener{settings.wiener_iterations}" if settings.wiener_iterations else "test"
+        run_id = log_scores(settings, label, run_id, info, manifest, aggregate.metric_dict(medians, prefix), folder,
+                            datamodule.dataset_name, datamodule.root, len(scored), "museval",
+                            ("scores.csv", "tracks.csv", "comparison.csv", "manifest.json"), prefix,
+                            {f"{prefix}.museval": manifest["settings"]["museval"]})
     return EvalResult(label, folder, medians, table, pending, done, skipped, run_id)
 
 
@@ -407,32 +425,32 @@ def _other_methods(dataset_folder: Path, label: str, tracks: Sequence[str]) -> d
     return out
 
 
-def _log_to_mlflow(settings: EvalSettings, label: str, run_id: Optional[str], info: dict[str, Any],
-                   manifest: dict[str, Any], medians: pd.DataFrame, folder: Path, datamodule: Any,
-                   tracks: Sequence[str]) -> Optional[str]:
+def log_scores(settings: EvalSettings, label: str, run_id: Optional[str], info: dict[str, Any], manifest: dict[str, Any],
+               metrics: dict[str, float], folder: Path, dataset: str, root: Any, n_items: int, kind: str,
+               files: Sequence[str], prefix: str, extra_tags: dict[str, Any]) -> Optional[str]:
+    """Log an evaluation to the model's run (a reference method: to its own run, created once per
+    settings): ``metrics``, tags ``<prefix>.*``, the per-item results under ``<kind>/<label>/test``
+    and ``files`` of ``folder`` under ``<kind>/<label>``."""
     from lightning_sep.separation import REFERENCE_METHODS
     from lightning_sep.tracking.mlflow import redact
     from lightning_sep.tracking.runs import log_evaluation, reference_run
 
     if run_id is None and info["method"] in REFERENCE_METHODS:
-        run_id = reference_run(info["method"], label, datamodule.dataset_name, manifest["settings_hash"], experiment=settings.experiment)
+        run_id = reference_run(info["method"], label, dataset, manifest["settings_hash"], experiment=settings.experiment)
     if run_id is None:
         print("The checkpoint is not from a run of this MLflow store: scores are not logged to MLflow.", flush=True)
         return None
-    prefix = f"test_wiener{settings.wiener_iterations}" if settings.wiener_iterations else "test"
-    metrics = aggregate.metric_dict(medians, prefix)
     tags = {
-        f"{prefix}.dataset": datamodule.dataset_name, f"{prefix}.root": str(datamodule.root),
-        f"{prefix}.tracks": len(tracks), f"{prefix}.results": str(folder), f"{prefix}.settings": manifest["settings_hash"],
-        f"{prefix}.museval": manifest["settings"]["museval"],
+        f"{prefix}.dataset": dataset, f"{prefix}.root": str(root), f"{prefix}.tracks": n_items,
+        f"{prefix}.results": str(folder), f"{prefix}.settings": manifest["settings_hash"], **extra_tags,
     }
-    artifacts = {f"museval/{label}/test": folder / "test"}
+    artifacts = {f"{kind}/{label}/test": folder / "test"}
     csv_dir = folder / ".csv"
     shutil.rmtree(csv_dir, ignore_errors=True)
     csv_dir.mkdir()
-    for name in ("scores.csv", "tracks.csv", "comparison.csv", "manifest.json"):
+    for name in files:
         shutil.copy2(folder / name, csv_dir / name)
-    artifacts[f"museval/{label}"] = csv_dir
+    artifacts[f"{kind}/{label}"] = csv_dir
     try:
         log_evaluation(run_id, metrics, tags, artifacts)
     finally:

@@ -5,14 +5,14 @@
   estimated magnitudes get the mixture phase, or go through the multichannel Wiener post-filter
   (:func:`~lightning_sep.separation.wiener.wiener`, ``wiener_iterations > 0``).  A model with a
   ``vocals`` target but no ``accompaniment`` target also returns ``accompaniment = mixture -
-  vocals``.
+  vocals`` (likewise ``female = mixture - male`` for a TIMIT model of one speaker).
 * :class:`MixtureSeparator` -- the mixture as every estimate (the lower reference, ``MODEL=mixture``).
 * :class:`OracleSeparator` -- masks computed from the reference stems (the upper references of
   SiSEC 2018, as in sigsep's ``sigsep-mus-oracle``): ``oracle_ibm`` keeps the bins where
   ``|S_j| / |X| >= 0.5``, ``oracle_irm1`` is ``|S_j| / sum_k |S_k|`` and ``oracle_irm2`` is
-  ``|S_j|^2 / sum_k |S_k|^2`` (the oracle Wiener filter), ``k`` over drums, bass, other, vocals;
-  ``accompaniment`` is the sum of the drums, bass and other estimates.  They use the data's STFT
-  with every frequency bin.
+  ``|S_j|^2 / sum_k |S_k|^2`` (the oracle Wiener filter), ``k`` over the dataset's sources (MUSDB18:
+  drums, bass, other, vocals -- ``accompaniment`` is the sum of the drums, bass and other
+  estimates; TIMIT: male, female).  They use the data's STFT with every frequency bin.
 
 :func:`separate_track` runs any of them over a whole track in overlapping chunks.
 """
@@ -27,17 +27,20 @@ from torch import Tensor
 
 from datamodules._musdb import SOURCES  # the order of the reference stems an oracle receives (cache order)
 from datamodules.musdb import TARGETS
+from datamodules.timit import SOURCES as SPEAKER_SOURCES
 from lightning_sep.errors import LightningSepError, UnknownNameError
 from lightning_sep.separation.overlap_add import overlap_add
 from lightning_sep.separation.wiener import wiener
 from lightning_sep.transforms import ISTFT, STFT, FrontEnd, magphase, with_phase
 
-#: Every target a reference method can produce (the MUSDB DataModule's targets).
+#: Every target a reference method can produce on MUSDB18 (the MUSDB DataModule's targets).
 ALL_TARGETS: tuple[str, ...] = TARGETS
 #: ``MODEL=`` names of the reference methods (not trained; evaluated through the same pipeline).
 REFERENCE_METHODS: tuple[str, ...] = ("mixture", "oracle_ibm", "oracle_irm1", "oracle_irm2")
 #: The target sets that add up to the mixture (no residual source is needed for Wiener filtering).
-_PARTITIONS = ({"vocals", "drums", "bass", "other"}, {"vocals", "accompaniment"})
+_PARTITIONS = ({"vocals", "drums", "bass", "other"}, {"vocals", "accompaniment"}, set(SPEAKER_SOURCES))
+#: A model of one of these targets also returns its complement, ``mixture - estimate``.
+_COMPLEMENTS = {"vocals": "accompaniment", "male": "female", "female": "male"}
 
 
 class Separator(Protocol):
@@ -53,8 +56,8 @@ class Separator(Protocol):
     needs_references: bool
 
     def separate(self, mixture: Tensor, references: Optional[Tensor] = None) -> Tensor:
-        """One chunk: mixture ``(C, n)`` (references ``(4, C, n)`` in :data:`SOURCES` order) to
-        ``(len(targets), C, n)``."""
+        """One chunk: mixture ``(C, n)`` (references ``(n_sources, C, n)`` in the dataset's source
+        order, :data:`SOURCES` for MUSDB18) to ``(len(targets), C, n)``."""
         ...
 
 
@@ -81,8 +84,10 @@ class ModelSeparator:
         self.name = getattr(model, "family", type(model).__name__)
         self.sample_rate = int(model.front_end.sample_rate)
         self.model_targets = list(model.targets)
-        self.add_accompaniment = "vocals" in self.model_targets and "accompaniment" not in self.model_targets
-        self.targets = self.model_targets + (["accompaniment"] if self.add_accompaniment else [])
+        #: (estimated target, its complement = mixture - estimate), when the model lacks the complement
+        self.complement = next(((t, c) for t in self.model_targets
+                                if (c := _COMPLEMENTS.get(t)) and c not in self.model_targets), None)
+        self.targets = self.model_targets + ([self.complement[1]] if self.complement else [])
         self.wiener_iterations = int(wiener_iterations)
         self.residual = set(self.model_targets) not in _PARTITIONS
 
@@ -98,9 +103,9 @@ class ModelSeparator:
         else:
             est_spec = with_phase(est, phase.unsqueeze(0))
         waves = model.istft(est_spec, length=mixture.shape[-1])  # (S, C, n)
-        if self.add_accompaniment:
-            vocals = waves[self.model_targets.index("vocals")]
-            waves = torch.cat([waves, (mixture - vocals).unsqueeze(0)])
+        if self.complement:
+            estimate = waves[self.model_targets.index(self.complement[0])]
+            waves = torch.cat([waves, (mixture - estimate).unsqueeze(0)])
         return waves
 
 
@@ -110,9 +115,9 @@ class MixtureSeparator:
     needs_references = False
     name = "mixture"
 
-    def __init__(self, sample_rate: int, targets: Sequence[str] = ALL_TARGETS):
+    def __init__(self, sample_rate: int, targets: Sequence[str] = ALL_TARGETS, available: Sequence[str] = ALL_TARGETS):
         self.sample_rate = int(sample_rate)
-        self.targets = _check_targets(targets)
+        self.targets = _check_targets(targets, available)
 
     def separate(self, mixture: Tensor, references: Optional[Tensor] = None) -> Tensor:
         return mixture.float().unsqueeze(0).expand(len(self.targets), *mixture.shape).clone()
@@ -126,25 +131,29 @@ class OracleSeparator:
             ``irm2`` (``|S_j|^2 / sum_k |S_k|^2``).
         front_end: the STFT (every bin is used, whatever its ``retained_bins``).
         targets: estimates to return (``accompaniment`` = drums + bass + other estimates).
+        sources: the reference rows :meth:`separate` receives, in order (MUSDB18's by default).
         theta: the IBM threshold (sigsep-mus-oracle: 0.5).
     """
 
     needs_references = True
 
-    def __init__(self, kind: str, front_end: FrontEnd | dict, targets: Sequence[str] = ALL_TARGETS, theta: float = 0.5):
+    def __init__(self, kind: str, front_end: FrontEnd | dict, targets: Sequence[str] = ALL_TARGETS,
+                 theta: float = 0.5, sources: Sequence[str] = SOURCES):
         if kind not in ("ibm", "irm1", "irm2"):
             raise UnknownNameError("oracle", kind, ["ibm", "irm1", "irm2"])
         fe = FrontEnd.from_dict(front_end)
         fe = FrontEnd(**{**fe.to_dict(), "retained_bins": fe.n_fft // 2 + 1})
         self.kind, self.theta, self.name = kind, float(theta), f"oracle_{kind}"
         self.sample_rate = int(fe.sample_rate)
-        self.targets = _check_targets(targets)
+        self.sources = list(sources)
+        derived = ["accompaniment"] if set(SOURCES) <= set(self.sources) else []
+        self.targets = _check_targets(targets, self.sources + derived)
         self.stft, self.istft = STFT(fe), ISTFT(fe)
 
     @torch.no_grad()
     def separate(self, mixture: Tensor, references: Optional[Tensor] = None) -> Tensor:
-        if references is None or references.shape[0] != len(SOURCES):
-            raise LightningSepError(f"{self.name} needs the {len(SOURCES)} reference stems {SOURCES}.")
+        if references is None or references.shape[0] != len(self.sources):
+            raise LightningSepError(f"{self.name} needs the {len(self.sources)} reference sources {self.sources}.")
         x = self.stft(mixture.float())  # (C, F, T)
         s = self.stft(references.float()).abs()  # (4, C, F, T)
         eps = torch.finfo(torch.float32).eps
@@ -153,28 +162,32 @@ class OracleSeparator:
         else:
             p = s ** (1 if self.kind == "irm1" else 2)
             mask = p / (p.sum(0, keepdim=True) + eps)
-        est = self.istft(mask * x.unsqueeze(0), length=mixture.shape[-1])  # (4, C, n)
-        by_name = dict(zip(SOURCES, est))
-        by_name["accompaniment"] = by_name["drums"] + by_name["bass"] + by_name["other"]
+        est = self.istft(mask * x.unsqueeze(0), length=mixture.shape[-1])  # (sources, C, n)
+        by_name = dict(zip(self.sources, est))
+        if "accompaniment" in self.targets:
+            by_name["accompaniment"] = sum(e for name, e in by_name.items() if name != "vocals")
         return torch.stack([by_name[t] for t in self.targets])
 
 
-def _check_targets(targets: Sequence[str]) -> list[str]:
+def _check_targets(targets: Sequence[str], available: Sequence[str]) -> list[str]:
     targets = list(targets)
     for t in targets:
-        if t not in ALL_TARGETS:
-            raise UnknownNameError("target", t, list(ALL_TARGETS))
+        if t not in available:
+            raise UnknownNameError("target", t, list(available))
     if not targets:
-        raise LightningSepError(f"No targets given: choose from {', '.join(ALL_TARGETS)}.")
+        raise LightningSepError(f"No targets given: choose from {', '.join(available)}.")
     return targets
 
 
-def reference_separator(name: str, front_end: FrontEnd | dict, targets: Sequence[str] = ALL_TARGETS) -> Separator:
-    """``mixture``, ``oracle_ibm``, ``oracle_irm1`` or ``oracle_irm2`` at the data's front end."""
+def reference_separator(name: str, front_end: FrontEnd | dict, targets: Sequence[str] = ALL_TARGETS,
+                        sources: Sequence[str] = SOURCES) -> Separator:
+    """``mixture``, ``oracle_ibm``, ``oracle_irm1`` or ``oracle_irm2`` at the data's front end, for a
+    dataset whose reference rows are ``sources`` (MUSDB18's by default)."""
     if name == "mixture":
-        return MixtureSeparator(FrontEnd.from_dict(front_end).sample_rate, targets)
+        derived = ["accompaniment"] if set(SOURCES) <= set(sources) else []
+        return MixtureSeparator(FrontEnd.from_dict(front_end).sample_rate, targets, list(sources) + derived)
     if name in REFERENCE_METHODS:
-        return OracleSeparator(name.removeprefix("oracle_"), front_end, targets)
+        return OracleSeparator(name.removeprefix("oracle_"), front_end, targets, sources=sources)
     raise UnknownNameError("reference method", name, list(REFERENCE_METHODS))
 
 
@@ -194,7 +207,8 @@ def separate_track(
     Args:
         mixture: ``(channels, samples)`` at ``sample_rate``; each channel is separated by the
             monaural model (channels are a batch).
-        references: ``(4, channels, samples)`` stems in :data:`SOURCES` order, for an oracle.
+        references: ``(n_sources, channels, samples)`` in the dataset's source order (MUSDB18:
+            :data:`SOURCES`), for an oracle.
         chunk_seconds, overlap_seconds: chunk length and cross-fade, in seconds.
 
     Returns:
@@ -229,10 +243,11 @@ def separate_track(
         if est.shape[-1] < length:
             est = torch.nn.functional.pad(est, (0, length - est.shape[-1]))
         est = est[..., :length]
-        if getattr(separator, "add_accompaniment", False):
-            # mixture - vocals at the model's rate does not survive the round trip (resampling is not
+        complement = getattr(separator, "complement", None)
+        if complement:
+            # mixture - estimate at the model's rate does not survive the round trip (resampling is not
             # invertible): take the difference again at the input's rate, so the two add up to the input
             original = torch.tensor(np.asarray(mixture), dtype=torch.float32, device=est.device)
-            est[separator.targets.index("accompaniment")] = original - est[separator.targets.index("vocals")]
+            est[separator.targets.index(complement[1])] = original - est[separator.targets.index(complement[0])]
     est = est.cpu().numpy()
     return {t: np.ascontiguousarray(est[j].T) for j, t in enumerate(separator.targets)}

@@ -111,9 +111,11 @@ def resolve_checkpoint(
     run_id: Optional[str] = None,
     tracking_uri: Optional[str] = None,
     experiment: str = EXPERIMENT,
+    dataset: Optional[str] = None,
 ) -> ResolvedCheckpoint:
     """The checkpoint to use: ``ckpt``, else the run ``run_id``'s best, else the best of the latest
-    finished run of family ``model``.  A checkpoint of another family than ``model`` is an error."""
+    finished run of family ``model`` (trained on ``dataset``, the tag ``data.dataset``, when given).
+    A checkpoint of another family than ``model`` is an error."""
     if ckpt:
         resolved = describe_checkpoint(ckpt)
         if resolved.run_id is not None:
@@ -135,7 +137,7 @@ def resolve_checkpoint(
     else:
         if not model:
             raise LightningSepError("Say which model: MODEL=<name>, CKPT=<path> or RUN_ID=<id>.")
-        resolved = _latest_run_checkpoint(model, tracking_uri, experiment)
+        resolved = _latest_run_checkpoint(model, tracking_uri, experiment, dataset)
     if model and resolved.family != model:
         raise LightningSepError(
             f"Checkpoint {resolved.path} belongs to MODEL={resolved.family}, not MODEL={model}: "
@@ -144,7 +146,8 @@ def resolve_checkpoint(
     return resolved
 
 
-def _latest_run_checkpoint(model: str, tracking_uri: Optional[str], experiment: str) -> ResolvedCheckpoint:
+def _latest_run_checkpoint(model: str, tracking_uri: Optional[str], experiment: str,
+                           dataset: Optional[str] = None) -> ResolvedCheckpoint:
     c = client(tracking_uri)
     store = redact(tracking_uri or default_tracking_uri())
     exp = c.get_experiment_by_name(experiment)
@@ -157,13 +160,20 @@ def _latest_run_checkpoint(model: str, tracking_uri: Optional[str], experiment: 
         order_by=["attributes.start_time DESC"],
         max_results=200,
     )
+    others: set[str] = set()
     for run in runs:
         if run.data.tags.get("lightning_sep.stage", "fit") != "fit":
+            continue
+        trained_on = run.data.tags.get("data.dataset")
+        if dataset is not None and trained_on != dataset:
+            others.add(str(trained_on))
             continue
         path = _run_checkpoint(run)
         if path is not None:
             return describe_checkpoint(path, run_id=run.info.run_id)
-    raise LightningSepError(f"No finished training run of MODEL={model} with a checkpoint in {store}: {hint}")
+    on = f" trained on {dataset}" if dataset else ""
+    seen = f" (there are runs on {', '.join(sorted(others))}: pass the DATA they were trained on, or RUN_ID=<id>)" if others else ""
+    raise LightningSepError(f"No finished training run of MODEL={model}{on} with a checkpoint in {store}{seen}: {hint}")
 
 
 def load_model(resolved: ResolvedCheckpoint, device: str = "cpu", trust_checkpoint: bool = False) -> Any:
