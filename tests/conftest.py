@@ -164,3 +164,34 @@ def train_tiny_skipfilter(base: Path, data_home: Path, n_test: int = 1):
     ckpt = Path(runs[0].data.tags["checkpoint.best"])
     assert ckpt.is_file() and ckpt.parent.name == "checkpoints"
     return SimpleNamespace(uri=uri, corpus=corpus, run_id=runs[0].info.run_id, ckpt=ckpt, base=base)
+
+
+# -- shared checks ---------------------------------------------------------------------------------------------------
+def eval_error(capsys, *args: str) -> str:
+    """Run ``lightning-sep eval ARGS``: it must exit 2 with exactly one ``lightning-sep: error:`` line
+    and no traceback; returns that line."""
+    from lightning_sep.cli import main
+
+    capsys.readouterr()
+    assert main(["eval", *args, "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.startswith("lightning-sep: error: ")]
+    assert len(lines) == 1, captured.err
+    assert "Traceback" not in captured.err
+    return lines[0]
+
+
+def median_f0(audio: np.ndarray, sr: int, fmin: float = 60.0, fmax: float = 400.0) -> float:
+    """Median F0 over voiced frames: normalised autocorrelation of 40 ms frames every 10 ms."""
+    n, hop = int(0.04 * sr), int(0.01 * sr)
+    frames = np.lib.stride_tricks.sliding_window_view(audio.astype(np.float64), n)[::hop]
+    energy = (frames**2).mean(axis=1)
+    frames = frames[energy > energy.max() * 10 ** (-25 / 10)]
+    frames = frames - frames.mean(axis=1, keepdims=True)
+    ac = np.fft.irfft(np.abs(np.fft.rfft(frames, 2 * n)) ** 2)[:, :n]
+    ac = ac / np.maximum(ac[:, :1], 1e-12) * n / (n - np.arange(n))  # unbiased
+    lo, hi = int(sr / fmax), int(sr / fmin)
+    lag = lo + ac[:, lo:hi].argmax(axis=1)
+    voiced = ac[np.arange(len(ac)), lag] > 0.6
+    assert voiced.sum() >= 10, "too few voiced frames to estimate F0"
+    return float(np.median(sr / lag[voiced]))

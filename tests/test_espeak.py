@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import median_f0
 from datamodules import espeak
 from datamodules.espeak import Voice, library_version, synthesize
 from lightning_sep.errors import LightningSepError
@@ -23,22 +24,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 def digest(utt) -> str:
     return hashlib.sha256(utt.audio.tobytes() + repr(utt.words).encode()).hexdigest()
-
-
-def median_f0(audio: np.ndarray, sr: int, fmin: float = 60.0, fmax: float = 400.0) -> float:
-    """Median F0 over voiced frames: normalised autocorrelation of 40 ms frames every 10 ms."""
-    n, hop = int(0.04 * sr), int(0.01 * sr)
-    frames = np.lib.stride_tricks.sliding_window_view(audio.astype(np.float64), n)[::hop]
-    energy = (frames**2).mean(axis=1)
-    frames = frames[energy > energy.max() * 10 ** (-25 / 10)]
-    frames = frames - frames.mean(axis=1, keepdims=True)
-    ac = np.fft.irfft(np.abs(np.fft.rfft(frames, 2 * n)) ** 2)[:, :n]
-    ac = ac / np.maximum(ac[:, :1], 1e-12) * n / (n - np.arange(n))  # unbiased
-    lo, hi = int(sr / fmax), int(sr / fmin)
-    lag = lo + ac[:, lo:hi].argmax(axis=1)
-    voiced = ac[np.arange(len(ac)), lag] > 0.6
-    assert voiced.sum() >= 10, "too few voiced frames to estimate F0"
-    return float(np.median(sr / lag[voiced]))
 
 
 @pytest.fixture(scope="module")

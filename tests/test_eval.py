@@ -22,7 +22,8 @@ import pandas as pd
 import pytest
 import simplejson
 
-from conftest import REPO, STEM_ORDER, config_args, make_wav_corpus, needs_ffmpeg, synth_track, track_names, train_tiny_skipfilter
+from conftest import (REPO, STEM_ORDER, config_args, eval_error, make_wav_corpus, needs_ffmpeg, synth_track, track_names,
+                      train_tiny_skipfilter)
 from lightning_sep.cli import main
 from lightning_sep.errors import LightningSepError
 from lightning_sep.evaluation import aggregate
@@ -584,15 +585,6 @@ def small_corpus(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("small") / "corpus"
     make_wav_corpus(root, n_train=0, n_test=1, seconds=1.5)
     return root
-
-
-def eval_error(capsys, *args: str) -> str:
-    capsys.readouterr()
-    assert main(["eval", *args, "--no-progress"]) == 2
-    captured = capsys.readouterr()
-    lines = [line for line in captured.err.splitlines() if line.startswith("lightning-sep: error: ")]
-    assert len(lines) == 1, captured.err
-    return lines[0]
 
 
 @needs_ffmpeg

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import config_args
+from conftest import config_args, eval_error
 from datamodules import TIMITDataModule
 from lightning_sep.cli import main
 from lightning_sep.errors import LightningSepError, UnknownNameError
@@ -351,16 +351,6 @@ def test_model_without_a_run_on_this_data(trained, tmp_path, monkeypatch):
 
 
 # -- bad input -----------------------------------------------------------------------------------------------------------
-def eval_error(capsys, *args: str) -> str:
-    capsys.readouterr()
-    assert main(["eval", *args, "--no-progress"]) == 2
-    captured = capsys.readouterr()
-    lines = [line for line in captured.err.splitlines() if line.startswith("lightning-sep: error: ")]
-    assert len(lines) == 1, captured.err
-    assert "Traceback" not in captured.err
-    return lines[0]
-
-
 def test_bad_mixture_and_target_names(tmp_path, capsys):
     names = [m.name for m in TIMITDataModule().test_mixtures()]
     out = str(tmp_path / "out")
