@@ -46,7 +46,7 @@ _ROW = {name: i + 1 for i, name in enumerate(SOURCES)}
 
 
 @dataclass
-class TestMixture:
+class SpeechMixture:
     """A whole test mixture and what it is made of (``make eval DATA=timit``)."""
 
     name: str
@@ -226,10 +226,12 @@ class TIMITDataModule(SeparationDataModule):
                              plan.fit, snr_db, self.level_db)
 
     def _tracks_of(self, split: str) -> ArrayTracks:
+        plan = self.plan()
+        if split == "valid" and not plan.valid:
+            split = "train"  # the papers' protocols: validation on the training mixtures
         tracks = self._tracks.get(split)
         if tracks is None:
-            plan = self.plan()
-            mixtures = {"train": plan.train, "valid": plan.valid or plan.train, "test": plan.test}[split]
+            mixtures = {"train": plan.train, "valid": plan.valid, "test": plan.test}[split]
             snr = self.test_snr_db if split == "test" else self.snr_db
             tracks = self._tracks[split] = ArrayTracks(
                 [m.name for m in mixtures], [self._mixture(m, snr)[:, None, :] for m in mixtures])
@@ -279,11 +281,11 @@ class TIMITDataModule(SeparationDataModule):
         for i in range(len(tracks)):
             yield tracks.array(i)[_ROW[source]]
 
-    def test_mixtures(self) -> list[TestMixture]:
+    def test_mixtures(self) -> list[SpeechMixture]:
         """Every test mixture whole, with its clean sources (``make eval DATA=timit``)."""
         plan = self.plan()
         tracks = self._tracks_of("test")
-        return [TestMixture(
+        return [SpeechMixture(
             name=m.name, pair=m.pair, audio=tracks.array(i)[:, 0, :], snr_db=self.test_snr_db,
             utterances={"male": [u.id for u in m.male], "female": [u.id for u in m.female]},
         ) for i, m in enumerate(plan.test)]

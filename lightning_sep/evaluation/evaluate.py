@@ -332,7 +332,7 @@ def _evaluate_in(settings: EvalSettings, datamodule: Any, tracks: Any, names: li
         print(f"Scored {len(pending)} track(s) in {elapsed:.1f} s with {workers} worker(s).", flush=True)
 
     if settings.log_mlflow:
-        prefix = f"test_wiener{settings.wiener_iterations}" if settings.wiener_iterations else "test"
+        prefix = metric_prefix(settings)
         run_id = log_scores(settings, label, run_id, info, manifest, aggregate.metric_dict(medians, prefix), folder,
                             datamodule.dataset_name, datamodule.root, len(scored), "museval",
                             ("scores.csv", "tracks.csv", "comparison.csv", "manifest.json"), prefix,
@@ -423,6 +423,11 @@ def _other_methods(dataset_folder: Path, label: str, tracks: Sequence[str]) -> d
         with contextlib.suppress(Exception):
             out[folder.name] = aggregate.sisec_medians(aggregate.load_scores(jsons))
     return out
+
+
+def metric_prefix(settings: EvalSettings) -> str:
+    """``test``, or ``test_wiener<n>`` with the Wiener post-filter (its scores never overwrite the plain ones)."""
+    return f"test_wiener{settings.wiener_iterations}" if settings.wiener_iterations else "test"
 
 
 def log_scores(settings: EvalSettings, label: str, run_id: Optional[str], info: dict[str, Any], manifest: dict[str, Any],

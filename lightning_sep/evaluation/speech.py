@@ -246,7 +246,7 @@ def _report(settings: Any, datamodule: Any, dataset: str, label: str, info: dict
     if n_scored:
         print(f"Separated and scored {n_scored} mixture(s) in {elapsed:.1f} s.", flush=True)
     if settings.log_mlflow:
-        prefix = f"test_wiener{settings.wiener_iterations}" if settings.wiener_iterations else "test"
+        prefix = ev.metric_prefix(settings)
         run_id = ev.log_scores(settings, label, run_id, info, manifest, metric_dict(stats, prefix), folder,
                                dataset, datamodule.root, len(names), "bss_eval",
                                ("scores.csv", "mixtures.csv", "comparison.csv", "manifest.json"), prefix,

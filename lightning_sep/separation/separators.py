@@ -146,8 +146,7 @@ class OracleSeparator:
         self.kind, self.theta, self.name = kind, float(theta), f"oracle_{kind}"
         self.sample_rate = int(fe.sample_rate)
         self.sources = list(sources)
-        derived = ["accompaniment"] if set(SOURCES) <= set(self.sources) else []
-        self.targets = _check_targets(targets, self.sources + derived)
+        self.targets = _check_targets(targets, available_targets(self.sources))
         self.stft, self.istft = STFT(fe), ISTFT(fe)
 
     @torch.no_grad()
@@ -169,6 +168,12 @@ class OracleSeparator:
         return torch.stack([by_name[t] for t in self.targets])
 
 
+def available_targets(sources: Sequence[str]) -> list[str]:
+    """What a reference method can estimate from ``sources``: each of them, and MUSDB18's
+    ``accompaniment`` (the sum of the non-vocals stems) when they are MUSDB18's stems."""
+    return list(sources) + (["accompaniment"] if set(SOURCES) <= set(sources) else [])
+
+
 def _check_targets(targets: Sequence[str], available: Sequence[str]) -> list[str]:
     targets = list(targets)
     for t in targets:
@@ -184,8 +189,7 @@ def reference_separator(name: str, front_end: FrontEnd | dict, targets: Sequence
     """``mixture``, ``oracle_ibm``, ``oracle_irm1`` or ``oracle_irm2`` at the data's front end, for a
     dataset whose reference rows are ``sources`` (MUSDB18's by default)."""
     if name == "mixture":
-        derived = ["accompaniment"] if set(SOURCES) <= set(sources) else []
-        return MixtureSeparator(FrontEnd.from_dict(front_end).sample_rate, targets, list(sources) + derived)
+        return MixtureSeparator(FrontEnd.from_dict(front_end).sample_rate, targets, available_targets(sources))
     if name in REFERENCE_METHODS:
         return OracleSeparator(name.removeprefix("oracle_"), front_end, targets, sources=sources)
     raise UnknownNameError("reference method", name, list(REFERENCE_METHODS))
