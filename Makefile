@@ -19,12 +19,15 @@ EVAL_WORKERS ?=
 WIENER  ?= 0
 IN      ?=
 OUT     ?= separated
+SNRS    ?= -10 -5 -2.5 0 2.5 5 10
 REFERENCES := mixture oracle_ibm oracle_irm1 oracle_irm2
 # with CKPT or RUN_ID, MODEL (when given) only checks that the checkpoint is of that family
 MODEL_FLAG = $(if $(filter command line environment,$(origin MODEL)),--model $(MODEL),$(if $(CKPT)$(RUN_ID),,--model $(MODEL)))
 MODEL_ARGS = $(if $(CKPT),--ckpt '$(CKPT)') $(if $(RUN_ID),--run-id $(RUN_ID)) --wiener $(WIENER)
+# make confidence: MODEL defaults to vae (the family whose separation records a posterior variance)
+CONFIDENCE_MODEL_FLAG = $(if $(filter command line environment,$(origin MODEL)),--model $(MODEL),$(if $(CKPT)$(RUN_ID),,--model vae))
 
-.PHONY: help setup ffmpeg train eval eval-references separate bench test test-fast ui configs clean-data
+.PHONY: help setup ffmpeg train eval reproduce eval-references separate confidence bench test test-fast ui configs clean-data
 
 help: ## List the targets and variables
 	@echo "Usage: make <target> [MODEL=$(MODEL)] [DATA=$(DATA)] [TRAINER=$(TRAINER)] [ARGS='...']"
@@ -33,6 +36,8 @@ help: ## List the targets and variables
 	@echo "           ARGS (extra lightning-sep arguments), MUSDB_ROOT / TIMIT_ROOT (real data; unset = embedded corpora)"
 	@echo "           eval/separate: CKPT, RUN_ID (default: latest finished run of MODEL), WIENER (EM iterations),"
 	@echo "           EVAL_WORKERS (museval processes), IN (files to separate), OUT (default separated/)"
+	@echo "           confidence: MODEL (vae|deep_vae, default vae), DATA (timit_ten_speakers|timit),"
+	@echo "           SNRS (input SNRs in dB, default \"$(SNRS)\")"
 
 ffmpeg: ## Make sure ffmpeg and ffprobe are on PATH (Debian's package if apt and root are there)
 	@if command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null; then exit 0; fi; \
@@ -72,9 +77,16 @@ separate: setup ## Separate IN='song.wav ...' with MODEL (or CKPT/RUN_ID) into O
 	@if [ -z "$(IN)" ]; then echo "make separate: say which files, e.g. make separate IN=song.wav"; exit 2; fi
 	$(BIN)/lightning-sep separate $(IN) --out '$(OUT)' $(MODEL_FLAG) $(MODEL_ARGS) $(ARGS)
 
+confidence: setup ## The VAE's posterior variance against the input SNR (paper Fig. 5): MODEL=vae DATA=timit_ten_speakers SNRS="..."
+	$(BIN)/lightning-sep confidence $(CONFIDENCE_MODEL_FLAG) --data $(DATA) $(MODEL_ARGS) --snrs $(SNRS) $(ARGS)
+
 bench: setup ## Benchmarks for BENCHMARKS.md (eval wall time per worker count, separation speed, speech metrics)
 	$(BIN)/python -m lightning_sep.benchmarks.eval_speed $(ARGS)
 	$(BIN)/python -m lightning_sep.benchmarks.speech_metrics
+	$(BIN)/python -m lightning_sep.benchmarks.input_optimisation
+
+reproduce: setup ## Train + evaluate the runs of docs/reproduction.md (hours on a CPU) and print its tables from MLflow
+	$(BIN)/python -m lightning_sep.evaluation.reproduce $(ARGS)
 
 configs: setup ## Print the resolved config of MODEL/DATA/TRAINER (reproduces the run)
 	$(BIN)/lightning-sep fit --config conf/trainer/$(TRAINER).yaml --config conf/data/$(DATA).yaml \

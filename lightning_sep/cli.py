@@ -6,9 +6,10 @@ chosen by ``class_path`` (subclass mode), the front end and the targets are link
 DataModule into the model, every run is tracked in MLflow, and ``--print_config`` prints a config
 that reproduces the run.
 
-Two more subcommands are plain argparse programs: ``lightning-sep eval`` (museval scores on the
-MUSDB18 test set, :mod:`lightning_sep.evaluation.evaluate`) and ``lightning-sep separate`` (wav
-files per target, :mod:`lightning_sep.separation.separate`).
+Three more subcommands are plain argparse programs: ``lightning-sep eval`` (museval scores on the
+MUSDB18 test set, :mod:`lightning_sep.evaluation.evaluate`), ``lightning-sep separate`` (wav
+files per target, :mod:`lightning_sep.separation.separate`) and ``lightning-sep confidence`` (the
+VAE's average posterior variance against the input SNR, :mod:`lightning_sep.evaluation.confidence`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lightning_sep.errors import LightningSepError
-from lightning_sep.models.base import MixtureToTarget
+from lightning_sep.models.base import SpectrogramSeparator
 from lightning_sep.registry import check_config_args
 from lightning_sep.tracking import MLflowLogger, MLflowSaveConfig, RunSummary
 
@@ -51,7 +52,7 @@ def run(args: Optional[list[str]] = None) -> SeparationCLI:
     """Parse ``args`` (``sys.argv[1:]`` when None), then run the subcommand; returns the CLI."""
     check_config_args(sys.argv[1:] if args is None else args)
     return SeparationCLI(
-        model_class=MixtureToTarget,
+        model_class=SpectrogramSeparator,
         datamodule_class=L.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
@@ -88,6 +89,9 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("inference")
     run.add_argument("--wiener", type=int, default=0, metavar="ITERATIONS", dest="wiener_iterations",
                      help="multichannel Wiener post-filter with this many EM iterations (0 = off; 1 is usual)")
+    run.add_argument("--iterations", type=int, default=None, dest="separation_iterations",
+                     help="nmf, nae, ccae, rcae: iterations of the separation by optimisation (default: the model's, "
+                     "4000 for the autoencoders, 500 for NMF)")
     run.add_argument("--chunk-seconds", type=float, default=20.0, help="chunk length of the overlap-add inference")
     run.add_argument("--overlap-seconds", type=float, default=1.0, help="cross-fade between chunks")
     run.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1, ...")
@@ -133,6 +137,38 @@ def separate_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def confidence_parser() -> argparse.ArgumentParser:
+    from lightning_sep.evaluation.confidence import DEFAULT_SNRS
+
+    parser = argparse.ArgumentParser(
+        prog="lightning-sep confidence",
+        description="The VAE's confidence score against the input SNR (paper vae-separation-pandey Sec. 4.3, "
+        "Fig. 5): the test mixtures of --data remixed at each SNR, separated by a vae or deep_vae model; the "
+        "average posterior variance and the BSS Eval SDR per mixture and source (confidence.csv), their means "
+        "per SNR (confidence_summary.csv) and the curve (confidence.png); logged to the model's MLflow run.",
+    )
+    _model_arguments(parser)
+    data = parser.add_argument_group("data and results")
+    data.add_argument("--data", default="timit_ten_speakers",
+                      help="conf/data/<name>.yaml, speech mixtures with a settable SNR (default timit_ten_speakers; timit)")
+    data.add_argument("--root", help="the TIMIT folder (default: TIMIT_ROOT, else the embedded corpus)")
+    data.add_argument("--snrs", nargs="*", metavar="DB",
+                      help="input SNRs (male-to-female power) in dB (default: "
+                      + " ".join(f"{v:g}" for v in DEFAULT_SNRS) + ")")
+    data.add_argument("--mixtures", nargs="+", metavar="NAME", help="only these test mixtures (default: every one)")
+    data.add_argument("--out", help="results folder (default: mlruns/eval/<dataset>/<method>/confidence)")
+    data.add_argument("--no-mlflow", dest="log_mlflow", action="store_false", help="do not log to MLflow")
+    data.add_argument("--experiment", default="lightning-sep", help="MLflow experiment of the training runs")
+    return parser
+
+
+def run_confidence(argv: list[str]):
+    from lightning_sep.evaluation.confidence import ConfidenceSettings, confidence_curve
+
+    args = confidence_parser().parse_args(argv)
+    return confidence_curve(ConfidenceSettings(**vars(args)))
+
+
 def run_eval(argv: list[str]):
     from lightning_sep.evaluation.evaluate import EvalSettings, evaluate
 
@@ -146,7 +182,7 @@ def run_separate(argv: list[str]):
     return separate_files(**vars(separate_parser().parse_args(argv)))
 
 
-_COMMANDS = {"eval": run_eval, "separate": run_separate}
+_COMMANDS = {"eval": run_eval, "separate": run_separate, "confidence": run_confidence}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

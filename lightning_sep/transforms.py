@@ -226,3 +226,29 @@ class BandNormalization(nn.Module):
         self.scale.copy_((1.0 / std.clamp_min(floor)).to(self.scale))
         self.fitted.fill_(True)
 
+
+
+def frame_segments(frames: Tensor, size: int, hop: int) -> Tensor:
+    """Segments of ``size`` adjacent frames every ``hop`` frames: ``(B, F, T) -> (B, N, F * size)``
+    (each flattened frame-major, ``[frame 0 bins, frame 1 bins, ...]``).
+
+    The end is zero-padded so the segments cover every frame: ``N = ceil((T - size) / hop) + 1``
+    (one segment when ``T <= size``).  :func:`overlap_average` is the inverse.
+    """
+    b, f, t = frames.shape
+    n = max(0, -(-(t - size) // hop)) + 1
+    padded = torch.nn.functional.pad(frames, (0, (n - 1) * hop + size - t))
+    segs = padded.unfold(-1, size, hop)  # (B, F, N, size)
+    return segs.permute(0, 2, 3, 1).reshape(b, n, size * f)
+
+
+def overlap_average(segments: Tensor, n_bins: int, size: int, hop: int, frames: int) -> Tensor:
+    """Inverse of :func:`frame_segments`: ``(B, N, F * size) -> (B, F, frames)``, each frame the
+    mean of the segments that contain it."""
+    b, n, _ = segments.shape
+    total = (n - 1) * hop + size
+    x = segments.reshape(b, n, size, n_bins).permute(0, 3, 2, 1).reshape(b, n_bins * size, n)
+    summed = torch.nn.functional.fold(x, (1, total), (1, size), stride=(1, hop))  # (B, F, 1, total)
+    ones = torch.ones(1, size, n, dtype=segments.dtype, device=segments.device)
+    count = torch.nn.functional.fold(ones, (1, total), (1, size), stride=(1, hop))
+    return (summed / count).reshape(b, n_bins, total)[..., :frames]

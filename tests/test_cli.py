@@ -121,7 +121,7 @@ def test_password_in_a_url_is_never_written_to_mlflow():
     "args, message",
     [
         (["--data.init_args.targets", "[voice]"], "Unknown target 'voice'. Available: vocals, drums, bass, other, accompaniment"),
-        (["--config", str(REPO / "conf" / "model" / "nope.yaml")], "Unknown MODEL 'nope'. Available: dae, mss_dae, skipfilter"),
+        (["--config", str(REPO / "conf" / "model" / "nope.yaml")], "Unknown MODEL 'nope'. Available: ae, ccae, dae, deep_vae, mss_dae, nae, nmf, rcae, skipfilter, vae"),
         (["--config", str(REPO / "conf" / "data" / "mnist.yaml")], "Unknown DATA 'mnist'. Available: musdb"),
     ],
 )
@@ -145,7 +145,7 @@ def test_make_train_with_an_unknown_model_lists_the_models():
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode != 0
-    assert "Unknown MODEL 'transformer'. Available: dae, mss_dae, skipfilter" in proc.stderr
+    assert "Unknown MODEL 'transformer'. Available: ae, ccae, dae, deep_vae, mss_dae, nae, nmf, rcae, skipfilter, vae" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

@@ -8,6 +8,7 @@ short training run are made once per module, each in its own MLflow store.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -389,3 +390,38 @@ def test_make_train_then_make_eval_beats_the_mixture(tmp_path, capsys):
     for source in (*SOURCES, "all"):
         block = table[table["source"] == source].set_index("method")
         assert block.loc[folder.name, "SDR"] > block.loc["mixture", "SDR"] + 1.0, block
+
+
+def test_a_per_source_family_trains_and_evaluates_through_the_cli(tmp_path, data_home, capsys):
+    """``make train MODEL=nmf DATA=timit`` then ``make eval MODEL=nmf DATA=timit ARGS="--iterations 50"``:
+    the separation by optimisation runs inside the same eval pipeline, its shorter setting is its own
+    results folder and MLflow prefix, and ``--iterations`` is refused for a one-pass model."""
+    import mlflow
+
+    from lightning_sep.cli import run
+
+    uri = os.environ["MLFLOW_TRACKING_URI"]  # this test's store (conftest), under tmp_path/mlruns
+    cli = run(["fit", *config_args("nmf", "timit"), "--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", "1",
+               "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+               "--data.init_args.samples_per_mixture", "8", "--model.init_args.val_separation_iterations", "20"])
+    run_id = cli.trainer.logger.run_id
+    assert cli.model.targets == SOURCES
+    assert main(["eval", "--model", "nmf", "--data", "timit", "--iterations", "50", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    folder = tmp_path / "mlruns" / "eval" / DATASET / f"nmf-{run_id[:8]}-it50"
+    scores = pd.read_csv(folder / "scores.csv")
+    mean = scores[(scores.source == "all") & (scores.stat == "mean")].iloc[0]
+    assert mean["SDR"] > 3.0, out  # one epoch of NMF bases already separates the two voices (measured ~7 dB)
+    record = json.loads(next((folder / "test").glob("*.json")).read_text())
+    assert json.loads((folder / "manifest.json").read_text())["settings"]["separation_iterations"] == 50
+    assert "kl" in record["separation_stats"]
+    metrics = mlflow.MlflowClient(uri).get_run(run_id).data.metrics
+    assert metrics["test_it50/all/SDR"] == pytest.approx(mean["SDR"], abs=1e-3)
+    assert "test/all/SDR" not in metrics  # the model's default setting is not overwritten
+    assert main(["eval", "--model", "nmf", "--data", "timit", "--iterations", "0", "--no-progress"]) == 2
+    assert "--iterations 0: must be at least 1" in capsys.readouterr().err
+    assert main(["eval", "--model", "mixture", "--data", "timit", "--iterations", "10", "--no-progress"]) == 2
+    ckpt = cli.trainer.checkpoint_callback.best_model_path
+    capsys.readouterr()
+    assert main(["eval", "--ckpt", ckpt, "--data", "musdb", "--no-progress"]) == 2  # male/female on MUSDB18
+    assert "was trained for the sources ['male', 'female'] (2); DATA=musdb has vocals" in capsys.readouterr().err

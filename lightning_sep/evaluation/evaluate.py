@@ -69,6 +69,7 @@ class EvalSettings:
     out: Optional[str] = None  # results folder (default: <mlruns>/eval)
     workers: Optional[int] = None  # EVAL_WORKERS (default: from cores and free memory)
     wiener_iterations: int = 0  # > 0: multichannel Wiener post-filter
+    separation_iterations: Optional[int] = None  # families that separate by optimisation: its iterations
     chunk_seconds: float = 20.0
     overlap_seconds: float = 1.0
     device: str = "auto"
@@ -101,18 +102,36 @@ def default_out_root() -> Path:
     return (store or REPO_ROOT / "mlruns") / "eval"
 
 
-def load_datamodule(name: str, root: Optional[str] = None) -> Any:
-    """The DataModule of ``conf/data/<name>.yaml`` (``root`` overrides its ``root``)."""
+def datamodule_class(name: str) -> tuple[type, str, dict[str, Any]]:
+    """The class, class path and init args of ``conf/data/<name>.yaml`` (nothing is built)."""
     import yaml
 
     config = yaml.safe_load(config_path("data", name).read_text())["data"]
     module, _, cls = config["class_path"].rpartition(".")
-    init_args = dict(config.get("init_args") or {})
+    return getattr(importlib.import_module(module), cls), config["class_path"], dict(config.get("init_args") or {})
+
+
+def accepts_argument(cls: type, name: str) -> bool:
+    """Whether ``cls(...)`` takes the keyword argument ``name``."""
+    import inspect
+
+    params = inspect.signature(cls).parameters
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def load_datamodule(name: str, root: Optional[str] = None, overrides: Optional[dict[str, Any]] = None) -> Any:
+    """The DataModule of ``conf/data/<name>.yaml`` (``root`` overrides its ``root``, ``overrides``
+    any other init args, e.g. ``{"test_snr_db": 5.0}``)."""
+    cls, class_path, init_args = datamodule_class(name)
     if root is not None:
         init_args["root"] = root
-    datamodule = getattr(importlib.import_module(module), cls)(**init_args)
+    for key, value in (overrides or {}).items():
+        if not accepts_argument(cls, key):
+            raise LightningSepError(f"DATA={name}: {class_path} has no argument {key!r}.")
+        init_args[key] = value
+    datamodule = cls(**init_args)
     if not (hasattr(datamodule, "full_tracks") or hasattr(datamodule, "test_mixtures")):
-        raise LightningSepError(f"DATA={name}: {config['class_path']} has no full tracks to evaluate on.")
+        raise LightningSepError(f"DATA={name}: {class_path} has no full tracks to evaluate on.")
     return datamodule
 
 
@@ -182,6 +201,8 @@ def build_separator(settings: EvalSettings, datamodule: Any, device: str, defaul
     if model in REFERENCE_METHODS:
         if settings.ckpt or settings.run_id:
             raise LightningSepError(f"MODEL={model} is a reference method: it has no checkpoint (drop CKPT/RUN_ID).")
+        if settings.separation_iterations is not None:
+            raise LightningSepError(f"MODEL={model} is a reference method: it has no separation iterations (drop --iterations).")
         sep = reference_separator(model, datamodule.front_end, settings.targets or default_targets, sources or SOURCES)
         info = {"method": model, "targets": sep.targets, "front_end": datamodule.front_end,
                 "chunk_seconds": settings.chunk_seconds, "overlap_seconds": settings.overlap_seconds}
@@ -195,12 +216,16 @@ def build_separator(settings: EvalSettings, datamodule: Any, device: str, defaul
     resolved = resolve_checkpoint(model, settings.ckpt, settings.run_id, experiment=settings.experiment,
                                   dataset=datamodule.dataset_name)
     net = load_model(resolved, device=device, trust_checkpoint=settings.trust_checkpoint)
-    sep = ModelSeparator(net, wiener_iterations=settings.wiener_iterations)
+    sep = ModelSeparator(net, wiener_iterations=settings.wiener_iterations,
+                         separation_iterations=settings.separation_iterations)
     label = resolved.label + (f"-wiener{settings.wiener_iterations}" if settings.wiener_iterations else "")
+    if settings.separation_iterations is not None:
+        label += f"-it{settings.separation_iterations}"
     stat = resolved.path.stat()
     info = {
         "method": resolved.family, "checkpoint": str(resolved.path), "checkpoint_stamp": [stat.st_size, stat.st_mtime_ns],
         "class_path": resolved.class_path, "targets": sep.targets, "wiener_iterations": settings.wiener_iterations,
+        "separation_iterations": getattr(net, "hparams", {}).get("separation_iterations"),
         "chunk_seconds": settings.chunk_seconds, "overlap_seconds": settings.overlap_seconds,
     }
     print(f"Evaluating {resolved.path} (MODEL={resolved.family}, run {resolved.run_id or 'not in MLflow'})", flush=True)
@@ -221,6 +246,11 @@ def evaluate(settings: EvalSettings) -> EvalResult:
     tracks = datamodule.full_tracks("test")
     rate = int(datamodule.sample_rate)
     separator, label, info, run_id = build_separator(settings, datamodule, device)
+    foreign = [t for t in separator.targets if t not in MUSDB_TARGETS]
+    if foreign:
+        raise LightningSepError(
+            f"{label} was trained for the sources {separator.targets} ({len(separator.targets)}); DATA={settings.data} "
+            f"has {', '.join(MUSDB_TARGETS)}: evaluate it on the data it was trained on (e.g. DATA=timit).")
     reported = [t for t in MUSDB_TARGETS if t in separator.targets]
     has_acc = {"vocals", "accompaniment"} <= set(reported)  # museval's vocals/accompaniment scenario
     if not has_acc and len(reported) < 2:
@@ -426,8 +456,10 @@ def _other_methods(dataset_folder: Path, label: str, tracks: Sequence[str]) -> d
 
 
 def metric_prefix(settings: EvalSettings) -> str:
-    """``test``, or ``test_wiener<n>`` with the Wiener post-filter (its scores never overwrite the plain ones)."""
-    return f"test_wiener{settings.wiener_iterations}" if settings.wiener_iterations else "test"
+    """``test``, or ``test_wiener<n>`` / ``test_it<n>`` / both when the inference differs from the default,
+    so that evaluations of one run with other inference settings do not overwrite each other in MLflow."""
+    prefix = f"test_wiener{settings.wiener_iterations}" if settings.wiener_iterations else "test"
+    return prefix + (f"_it{settings.separation_iterations}" if settings.separation_iterations is not None else "")
 
 
 def log_scores(settings: EvalSettings, label: str, run_id: Optional[str], info: dict[str, Any], manifest: dict[str, Any],

@@ -13,12 +13,18 @@ whole test mixtures; :mod:`~lightning_sep.evaluation.speech_metrics` computes it
 3. prints the per-pair table, the mean and median over mixtures, and the comparison with every
    other method scored on the same mixtures; saves them as CSV and logs the means to the
    model's MLflow run (``test/<source>/<metric>``, ``test/all/<metric>``) with the files.
+
+A model that records statistics of its separation (``separation_stats``: the VAE's average
+posterior variance, the per-source models' KL) gets them in each mixture's JSON
+(``separation_stats``), their means over mixtures in the summary and ``separation_stats.csv``, and
+in MLflow as ``test/<stat>`` (``test/posterior_variance``, ``test/posterior_variance/male``, ...).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
@@ -70,6 +76,31 @@ def load_scores(paths: Iterable[Path]) -> pd.DataFrame:
                 rows.append({"mixture": data["mixture"], "pair": data.get("pair", ""), "source": source,
                              "metric": metric, "score": np.nan if value is None else float(value)})
     return pd.DataFrame(rows, columns=["mixture", "pair", "source", "metric", "score"])
+
+
+def load_separation_stats(paths: Iterable[Path]) -> pd.DataFrame:
+    """Columns ``mixture, stat, value``: the model's separation statistics recorded in the
+    per-mixture JSONs (none for JSONs without them: reference methods, older results)."""
+    rows = []
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        for stat, value in (data.get("separation_stats") or {}).items():
+            try:
+                rows.append({"mixture": data["mixture"], "stat": str(stat), "value": float(value)})
+            except (TypeError, ValueError):
+                continue
+    return pd.DataFrame(rows, columns=["mixture", "stat", "value"])
+
+
+def stats_means(df: pd.DataFrame) -> dict[str, tuple[float, int]]:
+    """``{stat: (mean over mixtures, number of mixtures)}`` in the order the stats first appear."""
+    return {stat: (float(block["value"].mean()), int(block["mixture"].nunique()))
+            for stat, block in df.groupby("stat", sort=False)}
+
+
+def _metric_safe(name: str) -> str:
+    """``name`` with the characters MLflow refuses in metric names replaced by ``_``."""
+    return re.sub(r"[^\w\-. /:]", "_", name)
 
 
 def per_mixture(df: pd.DataFrame) -> pd.DataFrame:
@@ -178,6 +209,9 @@ def _run(settings: Any, separator: Any, pending: list, sources: list[str], folde
     from lightning_sep.separation import separate_track
     from lightning_sep.separation.audio import write_wav
 
+    take_stats = getattr(separator, "take_stats", None)
+    if take_stats is not None:
+        take_stats()  # nothing left over from before
     for m in tqdm(pending, desc="BSS Eval", unit="mixture", disable=None if settings.progress else True):
         estimates = separate_track(
             separator, m.audio[:1], rate, references=m.audio[1:, None, :] if separator.needs_references else None,
@@ -197,6 +231,9 @@ def _run(settings: Any, separator: Any, pending: list, sources: list[str], folde
                   "are NaN (left out of the means).", flush=True)
         record = {"mixture": m.name, "pair": m.pair, "snr_db": m.snr_db, "utterances": m.utterances,
                   "samples": int(m.audio.shape[-1]), "sample_rate": rate, "metrics": METRIC_NAME, **result}
+        stats = take_stats() if take_stats is not None else {}
+        if stats:
+            record["separation_stats"] = stats
         atomic_write_text(folder / "test" / f"{m.name}.json", json.dumps(record, indent=1))
 
 
@@ -243,13 +280,25 @@ def _report(settings: Any, datamodule: Any, dataset: str, label: str, info: dict
           + "\n\nMean and median over mixtures:\n" + format_rows(stats, ["source", "stat"], [10, 8])
           + "\n\nMeans over the same mixtures, every method scored on them; * = this evaluation:\n"
           + format_rows(table, ["source", "method"], [10, 34], highlight=label, mark_key="method"), flush=True)
+    sep_stats = load_separation_stats(folder / "test" / f"{n}.json" for n in names)
+    means = stats_means(sep_stats)
+    files = ["scores.csv", "mixtures.csv", "comparison.csv", "manifest.json"]
+    if means:
+        atomic_write_text(folder / "separation_stats.csv", sep_stats.to_csv(index=False, float_format="%.6g"))
+        files.append("separation_stats.csv")
+        print(f"\nSeparation statistics of {label}, mean over mixtures:\n" + "\n".join(
+            f"  {stat:<32}{value:>12.6g}" + (f"   ({count} of {len(names)} mixtures)" if count < len(names) else "")
+            for stat, (value, count) in means.items()), flush=True)
+    else:
+        (folder / "separation_stats.csv").unlink(missing_ok=True)
     if n_scored:
         print(f"Separated and scored {n_scored} mixture(s) in {elapsed:.1f} s.", flush=True)
     if settings.log_mlflow:
         prefix = ev.metric_prefix(settings)
-        run_id = ev.log_scores(settings, label, run_id, info, manifest, metric_dict(stats, prefix), folder,
-                               dataset, datamodule.root, len(names), "bss_eval",
-                               ("scores.csv", "mixtures.csv", "comparison.csv", "manifest.json"), prefix,
+        metrics = {**metric_dict(stats, prefix),
+                   **{f"{prefix}/{_metric_safe(stat)}": value for stat, (value, _) in means.items()}}
+        run_id = ev.log_scores(settings, label, run_id, info, manifest, metrics, folder,
+                               dataset, datamodule.root, len(names), "bss_eval", tuple(files), prefix,
                                {f"{prefix}.metrics": METRIC_NAME})
     return ev.EvalResult(label, folder, stats, table, [m.name for m in pending], [m.name for m in done], {}, run_id)
 

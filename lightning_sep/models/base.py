@@ -1,11 +1,16 @@
-"""``MixtureToTarget``: the LightningModule every mixture-to-target family shares.
+"""The LightningModules every separator family shares.
 
-A family (DAE, MSS-DAE, skip-filter, ...) only says how to build its network, in
-:meth:`MixtureToTarget.build_network`; this class holds what they have in common (asteroid's
-``System`` idea): the front end (STFT, per-band normalisation, resynthesis with the mixture
-phase), one network per target source, the common train/validation step, the MSE loss on
-normalised magnitudes, Adam with LR-halving on plateau and early stopping (paper
-``dae-skipfilter-nca-mimilakis`` Sec. 4.1), and the validation SDR next to the mixture baseline.
+* :class:`SpectrogramSeparator` -- what every family has (asteroid's ``System`` idea): the front
+  end (STFT, resynthesis with the mixture phase), the target sources, the check that a batch
+  carries the sources the model was built for, and the validation SDR of the resynthesised
+  estimates next to the mixture baseline.  A family says how it estimates magnitudes
+  (:meth:`SpectrogramSeparator.estimate_magnitudes`) and how it trains.
+* :class:`MixtureToTarget` -- the mixture-to-target families (DAE, MSS-DAE, skip-filter, VAE): one
+  network per target maps per-band normalised mixture magnitudes to the target's, trained with
+  the MSE (or the family's own loss) by Adam with LR-halving on plateau and early stopping
+  (paper ``dae-skipfilter-nca-mimilakis`` Sec. 4.1).
+* The per-source families that separate by optimisation (NMF, NAE, CCAE, RCAE) are in
+  :mod:`lightning_sep.models.source_models`.
 
 Every hyperparameter is a plain Python value, saved with :meth:`save_hyperparameters`, so a
 checkpoint loads with ``weights_only=True``.
@@ -34,7 +39,120 @@ from lightning_sep.transforms import (
 )
 
 
-class MixtureToTarget(L.LightningModule):
+class SpectrogramSeparator(L.LightningModule):
+    """Front end, targets, batch checks and the validation SDR of every family.
+
+    Args:
+        front_end: STFT parameters (:class:`~lightning_sep.transforms.FrontEnd` fields). Under
+            ``lightning-sep`` it is linked from the DataModule, so data and model agree.
+        targets: the DataModule's target sources (linked from it); a batch carries one clean
+            signal per target, in this order.
+    """
+
+    #: the family name, as in ``MODEL=`` (set by subclasses)
+    family: str = "separator"
+
+    def __init__(self, front_end: Optional[dict] = None, targets: Optional[list[str]] = None):
+        super().__init__()
+        self.front_end = FrontEnd.from_dict(front_end)
+        #: the data's targets: what every batch carries, in this order
+        self.data_targets = list(targets or ["vocals"])
+        #: the estimates the model returns, in order (a family may complete them, see ``source_models``)
+        self.targets = list(self.data_targets)
+        self.stft = STFT(self.front_end)
+        self.istft = ISTFT(self.front_end)
+        #: statistics of the last separation (e.g. the VAE's posterior variance), for logging
+        self.separation_stats: dict[str, float] = {}
+
+    # -- what a family defines -------------------------------------------------------------------
+    def estimate_magnitudes(self, mixture_magnitude: Tensor) -> Tensor:
+        """Mixture magnitudes ``(batch, bins, frames)`` to target magnitudes ``(batch, targets, bins, frames)``."""
+        raise NotImplementedError
+
+    # -- the front end -------------------------------------------------------------------------
+    def spectrogram(self, wave: Tensor) -> tuple[Tensor, Tensor]:
+        """Waveforms ``(batch, samples)`` to magnitude and phase ``(batch, bins, frames)``."""
+        return magphase(self.stft(wave))
+
+    def forward(self, mixture: Tensor) -> Tensor:
+        """Separate waveforms ``(batch, samples)`` into ``(batch, targets, samples)``.
+
+        Each estimated magnitude is combined with the mixture phase and inverted.
+        """
+        mag, phase = self.spectrogram(mixture)
+        est = self.estimate_magnitudes(mag)
+        return self.istft(with_phase(est, phase.unsqueeze(1)), length=mixture.shape[-1])
+
+    @torch.no_grad()
+    def training_magnitudes(self, mixtures: Iterator[np.ndarray]) -> Iterator[Tensor]:
+        """Magnitudes of whole training recordings, 2048 frames at a time (normalisation statistics)."""
+        chunk = self.front_end.frames_to_samples(2048)
+        for audio in mixtures:
+            audio = torch.as_tensor(np.asarray(audio, dtype=np.float32))
+            for start in range(0, audio.shape[-1], chunk):
+                yield self.spectrogram(audio[..., start : start + chunk])[0]
+
+    def training_mixtures(self) -> Iterator[np.ndarray]:
+        """The DataModule's training mixtures (for statistics fitted before training)."""
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None or not hasattr(dm, "train_mixtures"):
+            raise LightningSepError(
+                f"MODEL={self.family} needs the training mixtures to compute its normalisation: "
+                "train it with a lightning-sep DataModule (one that has train_mixtures())."
+            )
+        return dm.train_mixtures()
+
+    # -- batches -------------------------------------------------------------------------------
+    def check_batch(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """``(mixture (B, L), targets (B, S, L))``; a batch with another number of sources than the
+        model was built for is refused, clearly."""
+        mixture, targets = batch
+        if targets.dim() != 3 or targets.shape[1] != len(self.data_targets):
+            got = targets.shape[1] if targets.dim() == 3 else "no per-source"
+            raise LightningSepError(
+                f"MODEL={self.family} was built for {len(self.data_targets)} source(s) "
+                f"({', '.join(self.data_targets)}) but the data gives batches with {got} source signals: use data "
+                f"with the targets {self.data_targets} (--data.init_args.targets), or train a new model for these data."
+            )
+        return mixture, targets
+
+    def check_datamodule_targets(self) -> None:
+        """At ``fit``: the DataModule's targets must be the model's (e.g. a checkpoint resumed on other data)."""
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        dm_targets = getattr(dm, "targets", None)
+        if dm_targets is not None and list(dm_targets) != self.data_targets:
+            raise LightningSepError(
+                f"MODEL={self.family} was built for {len(self.data_targets)} source(s) ({', '.join(self.data_targets)}); "
+                f"the data has the targets {list(dm_targets)} ({len(dm_targets)}): use data with the model's targets, "
+                "or train a new model."
+            )
+
+    def check_finite(self, loss: Tensor, hint: str) -> None:
+        if not torch.isfinite(loss):
+            raise LightningSepError(f"The training loss became {loss.item()} at step {self.global_step}: {hint}.")
+
+    def log_scores(self, prefix: str, estimates: Tensor, mixture: Tensor, targets: Tensor) -> None:
+        """SDR of the resynthesised ``estimates`` ``(B, S', L)`` against ``targets`` ``(B, S, L)`` (the
+        first ``S`` estimates), next to the mixture's SDR (the baseline) and the improvement."""
+        estimates = estimates[:, : targets.shape[1]]
+        sdr = signal_to_distortion_ratio(estimates, targets)  # (B, S)
+        base = signal_to_distortion_ratio(mixture.unsqueeze(1).expand_as(targets), targets)
+        keep = active(targets)
+        count = int(keep.sum())
+        if count == 0:
+            return
+        mean_sdr, mean_base = sdr[keep].mean(), base[keep].mean()
+        self.log(f"{prefix}/sdr", mean_sdr, batch_size=count, sync_dist=True, prog_bar=True)
+        self.log(f"{prefix}/sdr_mixture", mean_base, batch_size=count, sync_dist=True)
+        self.log(f"{prefix}/sdr_improvement", mean_sdr - mean_base, batch_size=count, sync_dist=True)
+        if targets.shape[1] > 1:
+            for j in range(targets.shape[1]):
+                k = keep[:, j]
+                if k.any():
+                    self.log(f"{prefix}/sdr/{self.targets[j]}", sdr[k, j].mean(), batch_size=int(k.sum()), sync_dist=True)
+
+
+class MixtureToTarget(SpectrogramSeparator):
     """Maps mixture magnitude frames to each target's magnitude.
 
     Args:
@@ -67,16 +185,12 @@ class MixtureToTarget(L.LightningModule):
         early_stopping_patience: Optional[int] = 4,
         monitor: str = "val/loss",
     ):
-        super().__init__()
+        super().__init__(front_end, targets)
         if context_frames < 0:
             raise LightningSepError(f"context_frames={context_frames} must be >= 0.")
-        self.front_end = FrontEnd.from_dict(front_end)
-        self.targets = list(targets or ["vocals"])
         self.save_hyperparameters(ignore=["front_end", "targets"])
         self.hparams["front_end"] = self.front_end.to_dict()
         self.hparams["targets"] = self.targets
-        self.stft = STFT(self.front_end)
-        self.istft = ISTFT(self.front_end)
         n = self.front_end.n_bins
         self.normalize = BandNormalization(n)
         self.networks = nn.ModuleDict(
@@ -92,11 +206,6 @@ class MixtureToTarget(L.LightningModule):
         """
         raise NotImplementedError
 
-    # -- the front end ----------------------------------------------------------------------
-    def spectrogram(self, wave: Tensor) -> tuple[Tensor, Tensor]:
-        """Waveforms ``(batch, samples)`` to magnitude and phase ``(batch, bins, frames)``."""
-        return magphase(self.stft(wave))
-
     def estimate_magnitudes(self, mixture_magnitude: Tensor) -> Tensor:
         """Mixture magnitudes ``(batch, bins, frames)`` to target magnitudes ``(batch, targets, bins, frames)``.
 
@@ -109,38 +218,17 @@ class MixtureToTarget(L.LightningModule):
         outs = [self.networks[t](features).transpose(1, 2) for t in self.targets]  # (B, F, T)
         return torch.stack(outs, dim=1)
 
-    def forward(self, mixture: Tensor) -> Tensor:
-        """Separate waveforms ``(batch, samples)`` into ``(batch, targets, samples)``.
-
-        Each estimated magnitude is combined with the mixture phase and inverted.
-        """
-        mag, phase = self.spectrogram(mixture)
-        est = self.estimate_magnitudes(mag)
-        return self.istft(with_phase(est, phase.unsqueeze(1)), length=mixture.shape[-1])
-
     # -- normalisation statistics from the training data -------------------------------------
     def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self.check_datamodule_targets()
         if stage != "fit" or bool(self.normalize.fitted):
             return
-        dm = getattr(self.trainer, "datamodule", None)
-        if dm is None or not hasattr(dm, "train_mixtures"):
-            raise LightningSepError(
-                "The model needs the training mixtures to compute its per-band normalisation: "
-                "train it with a lightning-sep DataModule (one that has train_mixtures())."
-            )
-        self.normalize.fit(self._training_magnitudes(dm.train_mixtures()))
-
-    @torch.no_grad()
-    def _training_magnitudes(self, mixtures: Iterator[np.ndarray]) -> Iterator[Tensor]:
-        chunk = self.front_end.frames_to_samples(2048)
-        for audio in mixtures:
-            audio = torch.as_tensor(np.asarray(audio, dtype=np.float32))
-            for start in range(0, audio.shape[-1], chunk):
-                yield self.spectrogram(audio[..., start : start + chunk])[0]
+        self.normalize.fit(self.training_magnitudes(self.training_mixtures()))
 
     # -- training ------------------------------------------------------------------------------
     def common_step(self, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
-        mixture, targets = batch  # (B, L), (B, S, L)
+        mixture, targets = self.check_batch(batch)  # (B, L), (B, S, L)
         mix_mag, mix_phase = self.spectrogram(mixture)
         tgt_mag, _ = self.spectrogram(targets)
         x = self.normalize(mix_mag)
@@ -150,11 +238,7 @@ class MixtureToTarget(L.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss = self.common_step(batch)["loss"]
-        if not torch.isfinite(loss):
-            raise LightningSepError(
-                f"The training loss became {loss.item()} at step {self.global_step}: "
-                f"lower the learning rate (lr={self.hparams.lr})."
-            )
+        self.check_finite(loss, f"lower the learning rate (lr={self.hparams.lr})")
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch[0]))
         return loss
 
@@ -166,27 +250,16 @@ class MixtureToTarget(L.LightningModule):
 
     def _evaluate(self, batch: tuple[Tensor, Tensor], prefix: str) -> None:
         """Loss, and the SDR of the resynthesised estimates next to the mixture's (baseline)."""
-        mixture, targets = batch
+        mixture, targets = self.check_batch(batch)
         out = self.common_step(batch)
         n = len(mixture)
         self.log(f"{prefix}/loss", out["loss"], batch_size=n, sync_dist=True, prog_bar=True)
         est_mag = self.normalize.inverse(out["estimate"])
         est_wave = self.istft(with_phase(est_mag, out["mix_phase"].unsqueeze(1)), length=mixture.shape[-1])
-        sdr = signal_to_distortion_ratio(est_wave, targets)  # (B, S)
-        base = signal_to_distortion_ratio(mixture.unsqueeze(1).expand_as(targets), targets)
-        keep = active(targets)
-        count = int(keep.sum())
-        if count == 0:
-            return
-        mean_sdr, mean_base = sdr[keep].mean(), base[keep].mean()
-        self.log(f"{prefix}/sdr", mean_sdr, batch_size=count, sync_dist=True, prog_bar=True)
-        self.log(f"{prefix}/sdr_mixture", mean_base, batch_size=count, sync_dist=True)
-        self.log(f"{prefix}/sdr_improvement", mean_sdr - mean_base, batch_size=count, sync_dist=True)
-        if len(self.targets) > 1:
-            for j, name in enumerate(self.targets):
-                k = keep[:, j]
-                if k.any():
-                    self.log(f"{prefix}/sdr/{name}", sdr[k, j].mean(), batch_size=int(k.sum()), sync_dist=True)
+        self.log_scores(prefix, est_wave, mixture, targets)
+        for key, value in out.items():  # a family's extra statistics (the VAE's posterior variance)
+            if key not in ("loss", "estimate", "mix_phase"):
+                self.log(f"{prefix}/{key}", value, batch_size=n, sync_dist=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams

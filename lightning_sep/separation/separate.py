@@ -5,7 +5,8 @@
 flac, ogg or mp3 (and mp4 / ``.stem.mp4`` where ffmpeg is installed), at any sample rate (resampled
 to the model's and back) and mono or stereo (each channel is separated by the monaural model).
 Every input is checked before anything is separated, and each output folder appears only when
-all its files are written.
+all its files are written.  A model that records statistics of its separation (the VAE's average
+posterior variance: its confidence) has them printed on one line per file.
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ def output_name(path: Path) -> str:
     return path.stem
 
 
+def format_stats(stats: dict[str, float]) -> str:
+    """``posterior_variance=0.0123, posterior_variance/male=0.011, ...`` (one line)."""
+    return ", ".join(f"{k}={v:.4g}" for k, v in stats.items())
+
+
 def separate_files(
     inputs: Sequence[str | Path],
     out: str | Path,
@@ -49,6 +55,7 @@ def separate_files(
     ckpt: Optional[str] = None,
     run_id: Optional[str] = None,
     wiener_iterations: int = 0,
+    separation_iterations: Optional[int] = None,
     chunk_seconds: float = 20.0,
     overlap_seconds: float = 1.0,
     device: str = "auto",
@@ -73,12 +80,13 @@ def separate_files(
     resolved = resolve_checkpoint(model, ckpt, run_id)
     out = check_writable_folder(out, "--out")
     separator = ModelSeparator(load_model(resolved, device=device, trust_checkpoint=trust_checkpoint),
-                               wiener_iterations=wiener_iterations)
+                               wiener_iterations=wiener_iterations, separation_iterations=separation_iterations)
     print(f"Separating {len(paths)} file(s) with {resolved.path} (MODEL={resolved.family}) on {device} "
           f"into {', '.join(separator.targets)} -> {out}", flush=True)
     started = time.perf_counter()
     outputs: dict[str, Path] = {}
     total = 0.0
+    separator.take_stats()  # nothing left over from before
     for path, name in zip(paths, names):
         audio, rate = read_audio(path)
         total += audio.shape[-1] / rate
@@ -91,6 +99,9 @@ def separate_files(
                 write_wav(tmp / f"{target}.wav", est, rate, subtype)
         outputs[str(path)] = out / name
         print(f"  {path} -> {out / name}/ ({', '.join(t + '.wav' for t in estimates)})", flush=True)
+        stats = separator.take_stats()  # e.g. the VAE's average posterior variance (its confidence)
+        if stats:
+            print(f"    separation stats: {format_stats(stats)}", flush=True)
     report = SeparateReport(outputs, total, time.perf_counter() - started)
     print(f"Separated {total:.1f} s of audio in {report.wall_seconds:.1f} s ({report.real_time_factor:.1f}x real time).",
           flush=True)

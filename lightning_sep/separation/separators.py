@@ -5,7 +5,9 @@
   estimated magnitudes get the mixture phase, or go through the multichannel Wiener post-filter
   (:func:`~lightning_sep.separation.wiener.wiener`, ``wiener_iterations > 0``).  A model with a
   ``vocals`` target but no ``accompaniment`` target also returns ``accompaniment = mixture -
-  vocals`` (likewise ``female = mixture - male`` for a TIMIT model of one speaker).
+  vocals`` (likewise ``female = mixture - male`` for a TIMIT model of one speaker).  It collects
+  the model's ``separation_stats`` of every chunk (e.g. the VAE's average posterior variance),
+  weighted by the chunk's frame count: :meth:`ModelSeparator.take_stats`.
 * :class:`MixtureSeparator` -- the mixture as every estimate (the lower reference, ``MODEL=mixture``).
 * :class:`OracleSeparator` -- masks computed from the reference stems (the upper references of
   SiSEC 2018, as in sigsep's ``sigsep-mus-oracle``): ``oracle_ibm`` keeps the bins where
@@ -38,9 +40,9 @@ ALL_TARGETS: tuple[str, ...] = TARGETS
 #: ``MODEL=`` names of the reference methods (not trained; evaluated through the same pipeline).
 REFERENCE_METHODS: tuple[str, ...] = ("mixture", "oracle_ibm", "oracle_irm1", "oracle_irm2")
 #: The target sets that add up to the mixture (no residual source is needed for Wiener filtering).
-_PARTITIONS = ({"vocals", "drums", "bass", "other"}, {"vocals", "accompaniment"}, set(SPEAKER_SOURCES))
+PARTITIONS = ({"vocals", "drums", "bass", "other"}, {"vocals", "accompaniment"}, set(SPEAKER_SOURCES))
 #: A model of one of these targets also returns its complement, ``mixture - estimate``.
-_COMPLEMENTS = {"vocals": "accompaniment", "male": "female", "female": "male"}
+COMPLEMENTS = {"vocals": "accompaniment", "male": "female", "female": "male"}
 
 
 class Separator(Protocol):
@@ -62,7 +64,7 @@ class Separator(Protocol):
 
 
 class ModelSeparator:
-    """A trained :class:`~lightning_sep.models.base.MixtureToTarget` family as a separator.
+    """A trained :class:`~lightning_sep.models.base.SpectrogramSeparator` family as a separator.
 
     Args:
         model: the LightningModule (its ``front_end`` and ``targets`` say what it does).
@@ -70,13 +72,25 @@ class ModelSeparator:
             resynthesis); ``n > 0`` = ``n`` EM iterations of the multichannel Wiener post-filter
             over all estimated targets (plus a residual when they do not add up to the mixture).
         device: where the model runs (``None`` = where it is).
+        separation_iterations: for a family that separates by optimisation (``nmf``, ``nae``,
+            ``ccae``, ``rcae``): the iterations of that optimisation (``None`` = the model's own).
     """
 
     needs_references = False
 
-    def __init__(self, model: torch.nn.Module, wiener_iterations: int = 0, device: Optional[str | torch.device] = None):
+    def __init__(self, model: torch.nn.Module, wiener_iterations: int = 0, device: Optional[str | torch.device] = None,
+                 separation_iterations: Optional[int] = None):
         if wiener_iterations < 0:
             raise LightningSepError(f"wiener_iterations={wiener_iterations} must be >= 0.")
+        if separation_iterations is not None:
+            family = getattr(model, "family", type(model).__name__)
+            if "separation_iterations" not in getattr(model, "hparams", {}):
+                raise LightningSepError(
+                    f"--iterations is for the families that separate by optimisation (nmf, nae, ccae, rcae); "
+                    f"MODEL={family} separates in one pass: drop it.")
+            if int(separation_iterations) < 1:
+                raise LightningSepError(f"--iterations {separation_iterations}: must be at least 1.")
+            model.hparams.separation_iterations = int(separation_iterations)
         self.model = model.eval()
         if device is not None:
             self.model.to(device)
@@ -86,10 +100,30 @@ class ModelSeparator:
         self.model_targets = list(model.targets)
         #: (estimated target, its complement = mixture - estimate), when the model lacks the complement
         self.complement = next(((t, c) for t in self.model_targets
-                                if (c := _COMPLEMENTS.get(t)) and c not in self.model_targets), None)
+                                if (c := COMPLEMENTS.get(t)) and c not in self.model_targets), None)
         self.targets = self.model_targets + ([self.complement[1]] if self.complement else [])
         self.wiener_iterations = int(wiener_iterations)
-        self.residual = set(self.model_targets) not in _PARTITIONS
+        self.residual = set(self.model_targets) not in PARTITIONS
+        #: frame-weighted sums of the model's ``separation_stats`` since the last :meth:`take_stats`
+        self._stat_sums: dict[str, float] = {}
+        self._stat_weights: dict[str, float] = {}
+
+    def take_stats(self) -> dict[str, float]:
+        """The model's separation statistics (``separation_stats``, e.g. the VAE's average posterior
+        variance) since the last call, each the mean over the chunks separated weighted by their
+        frame counts; clears them.  Empty when the model records nothing."""
+        out = {k: self._stat_sums[k] / w for k, w in self._stat_weights.items() if w > 0}
+        self._stat_sums, self._stat_weights = {}, {}
+        return out
+
+    def _collect_stats(self, frames: int) -> None:
+        for key, value in (getattr(self.model, "separation_stats", None) or {}).items():
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                continue
+            self._stat_sums[key] = self._stat_sums.get(key, 0.0) + value * frames
+            self._stat_weights[key] = self._stat_weights.get(key, 0.0) + frames
 
     @torch.no_grad()
     def separate(self, mixture: Tensor, references: Optional[Tensor] = None) -> Tensor:
@@ -97,7 +131,10 @@ class ModelSeparator:
         model = self.model
         spec = model.stft(mixture)  # (C, F, T) complex: the channels are a batch
         mag, phase = magphase(spec)
+        if hasattr(model, "separation_stats"):
+            model.separation_stats = {}  # nothing stale from an earlier call is counted for this chunk
         est = model.estimate_magnitudes(mag).transpose(0, 1)  # (S, C, F, T)
+        self._collect_stats(int(mag.shape[-1]))
         if self.wiener_iterations:
             est_spec = wiener(est, spec, self.wiener_iterations, residual=self.residual)[: len(self.model_targets)]
         else:

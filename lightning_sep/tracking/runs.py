@@ -182,10 +182,10 @@ def load_model(resolved: ResolvedCheckpoint, device: str = "cpu", trust_checkpoi
     Loaded with ``weights_only=True`` unless ``trust_checkpoint`` (only for files you trust: a
     full unpickling can run code).
     """
-    from lightning_sep.models.base import MixtureToTarget
+    from lightning_sep.models.base import SpectrogramSeparator
 
     cls = _class(resolved.class_path, resolved.path)
-    if not (isinstance(cls, type) and issubclass(cls, MixtureToTarget)):
+    if not (isinstance(cls, type) and issubclass(cls, SpectrogramSeparator)):
         raise LightningSepError(
             f"Checkpoint {resolved.path}: {resolved.class_path} is not a separator family this command can run."
         )
