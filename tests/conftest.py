@@ -283,6 +283,18 @@ def train_easy(cls, steps: int, root, **kwargs):
     return model, trainer
 
 
+def reload_weights_only(cls, trainer, path):
+    """Save the trainer's model to ``path`` and load it back with ``weights_only=True``: ``(checkpoint
+    dict, loaded model)``; the checkpoint holds no pickled objects (``torch.load`` would refuse them)."""
+    import torch
+
+    trainer.save_checkpoint(path)
+    ckpt = torch.load(path, weights_only=True)
+    loaded = cls.load_from_checkpoint(path, weights_only=True)
+    assert type(loaded) is cls
+    return ckpt, loaded
+
+
 def sdr_gains(estimates, references, mixtures):
     """SDR of each estimate minus the mixture's SDR against the same reference, ``(B, S)`` in dB."""
     from lightning_sep.evaluation.metrics import signal_to_distortion_ratio as sdr

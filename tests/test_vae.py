@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from conftest import (
-    EASY_FRONT_END, REPO, easy_datamodule, easy_sources, easy_trainer, one_torch_thread, sdr_gains, train_easy,
+    EASY_FRONT_END, REPO, easy_datamodule, easy_sources, easy_trainer, one_torch_thread, reload_weights_only, sdr_gains, train_easy,
 )
 from lightning_sep.errors import LightningSepError
 from lightning_sep.models import VAE, DeepVAE, SegmentAutoencoder
@@ -258,12 +258,9 @@ def test_each_family_separates_the_easy_case_above_the_mixture(trained):
 def test_each_family_checkpoint_loads_weights_only_and_separates_identically(trained, tmp_path):
     family, model, trainer = trained
     cls = FAMILIES[family][0]
-    path = tmp_path / f"{family}.ckpt"
-    trainer.save_checkpoint(path)
-    ckpt = torch.load(path, weights_only=True)  # no pickled objects in it
+    ckpt, loaded = reload_weights_only(cls, trainer, tmp_path / f"{family}.ckpt")
     assert ckpt["hyper_parameters"]["front_end"] == FE
-    loaded = cls.load_from_checkpoint(path, weights_only=True)
-    assert type(loaded) is cls and dict(loaded.hparams) == dict(model.hparams)
+    assert dict(loaded.hparams) == dict(model.hparams)
     assert loaded.hidden_sizes == model.hidden_sizes and loaded.segment_frames == model.segment_frames
     assert bool(loaded.normalize.fitted) and torch.equal(loaded.normalize.scale, model.normalize.scale)
     state, loaded_state = model.state_dict(), loaded.state_dict()
