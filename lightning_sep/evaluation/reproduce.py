@@ -97,25 +97,24 @@ def _client():
     return client()
 
 
-def _finished(name: str, prefix: str = "test") -> Optional[str]:
+def _runs(name: str, condition: str = "") -> list:
+    """The runs tagged ``reproduce.name = name`` (and ``condition``), newest first."""
     c = _client()
     exp = c.get_experiment_by_name("lightning-sep")
     if exp is None:
-        return None
-    runs = c.search_runs([exp.experiment_id], f"tags.`reproduce.name` = '{name}'", order_by=["attributes.start_time DESC"])
-    for r in runs:
-        if f"{prefix}/all/SDR" in r.data.metrics:
-            return r.info.run_id
-    return None
+        return []
+    return c.search_runs([exp.experiment_id], f"tags.`reproduce.name` = '{name}'" + condition,
+                         order_by=["attributes.start_time DESC"])
+
+
+def _finished(name: str, prefix: str = "test") -> Optional[str]:
+    """The newest run of ``name`` with test scores under ``prefix``."""
+    return next((r.info.run_id for r in _runs(name) if f"{prefix}/all/SDR" in r.data.metrics), None)
 
 
 def _trained(name: str) -> Optional[str]:
-    c = _client()
-    exp = c.get_experiment_by_name("lightning-sep")
-    if exp is None:
-        return None
-    runs = c.search_runs([exp.experiment_id], f"tags.`reproduce.name` = '{name}' and attributes.status = 'FINISHED'",
-                         order_by=["attributes.start_time DESC"])
+    """The newest finished training of ``name`` (scored or not)."""
+    runs = _runs(name, " and attributes.status = 'FINISHED'")
     return runs[0].info.run_id if runs else None
 
 

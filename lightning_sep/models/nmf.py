@@ -92,7 +92,7 @@ class NMF(SourceModels):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         _, sources = self.source_signals(batch)
-        mags = self.spectrogram(sources)[0] * self.scale
+        mags = self.source_magnitudes(sources)
         total = mags.new_zeros(())
         for j, s in enumerate(self.sources):
             model = self.models[s]
@@ -118,5 +118,4 @@ class NMF(SourceModels):
         k = self.hparams.rank
         outputs = torch.stack([torch.einsum("fk,bkt->bft", w[:, j * k:(j + 1) * k], h[:, j * k:(j + 1) * k])
                                for j in range(len(self.sources))], dim=1)
-        self.separation_stats = {"kl": float(generalized_kl(mixture, outputs.sum(1)))}
-        return outputs
+        return self.explained(mixture, outputs)

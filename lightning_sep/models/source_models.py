@@ -217,6 +217,10 @@ class SourceModels(SpectrogramSeparator):
             targets = torch.cat([targets, (mixture - targets[:, 0]).unsqueeze(1)], dim=1)
         return mixture, targets
 
+    def source_magnitudes(self, sources: Tensor) -> Tensor:
+        """Clean source waveforms ``(B, S, L)`` to their scaled magnitudes ``(B, S, F, T)``."""
+        return self.spectrogram(sources)[0] * self.scale
+
     def reconstruction_loss(self, magnitudes: Tensor) -> Tensor:
         """The batch loss (class docstring) for clean source magnitudes ``(B, S, F, T)`` (scaled)."""
         hp = self.hparams
@@ -234,7 +238,7 @@ class SourceModels(SpectrogramSeparator):
     # -- training --------------------------------------------------------------------------------
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         _, sources = self.source_signals(batch)
-        loss = self.reconstruction_loss(self.spectrogram(sources)[0] * self.scale)
+        loss = self.reconstruction_loss(self.source_magnitudes(sources))
         self.check_finite(loss, f"lower the learning rate (lr={self.hparams.lr})")
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(sources))
         return loss
@@ -247,7 +251,7 @@ class SourceModels(SpectrogramSeparator):
 
     def _evaluate(self, batch: tuple[Tensor, Tensor], prefix: str, iterations: int) -> None:
         mixture, sources = self.source_signals(batch)
-        loss = self.reconstruction_loss(self.spectrogram(sources)[0] * self.scale)
+        loss = self.reconstruction_loss(self.source_magnitudes(sources))
         self.log(f"{prefix}/loss", loss, batch_size=len(mixture), sync_dist=True, prog_bar=True)
         if iterations:
             mag, phase = self.spectrogram(mixture)
@@ -275,12 +279,16 @@ class SourceModels(SpectrogramSeparator):
         outputs = self.separate_normalized(mixture_magnitude * self.scale, iterations)
         return ratio_mask(outputs, dim=1) * mixture_magnitude.unsqueeze(1)
 
+    def explained(self, mixture: Tensor, outputs: Tensor) -> Tensor:
+        """``outputs``, after recording how well they explain ``mixture`` together (``separation_stats["kl"]``,
+        logged with every separation)."""
+        self.separation_stats = {"kl": float(generalized_kl(mixture, outputs.sum(1)))}
+        return outputs
+
     def separate_normalized(self, mixture: Tensor, iterations: int) -> Tensor:
         """The sources' model outputs ``(B, S, F, T)`` that explain the (scaled) mixture together."""
         models = [self.models[s] for s in self.sources]
         with frozen(models):
             outputs, _ = optimise_inputs([lambda x, m=m: m(x)[0] for m in models], mixture, iterations,
                                          lr=self.hparams.separation_lr, momentum=self.hparams.momentum)
-        total = outputs.sum(1)
-        self.separation_stats = {"kl": float(generalized_kl(mixture, total))}
-        return outputs
+        return self.explained(mixture, outputs)
