@@ -20,6 +20,10 @@ WIENER  ?= 0
 IN      ?=
 OUT     ?= separated
 SNRS    ?= -10 -5 -2.5 0 2.5 5 10
+N_TRIALS ?= 20
+STUDY   ?=
+PRUNER  ?=
+DASHBOARD_PORT ?= 8080
 REFERENCES := mixture oracle_ibm oracle_irm1 oracle_irm2
 # with CKPT or RUN_ID, MODEL (when given) only checks that the checkpoint is of that family
 MODEL_FLAG = $(if $(filter command line environment,$(origin MODEL)),--model $(MODEL),$(if $(CKPT)$(RUN_ID),,--model $(MODEL)))
@@ -27,7 +31,7 @@ MODEL_ARGS = $(if $(CKPT),--ckpt '$(CKPT)') $(if $(RUN_ID),--run-id $(RUN_ID)) -
 # make confidence: MODEL defaults to vae (the family whose separation records a posterior variance)
 CONFIDENCE_MODEL_FLAG = $(if $(filter command line environment,$(origin MODEL)),--model $(MODEL),$(if $(CKPT)$(RUN_ID),,--model vae))
 
-.PHONY: help setup ffmpeg train eval reproduce eval-references separate confidence bench test test-fast ui configs clean-data
+.PHONY: help setup ffmpeg train tune tune-dashboard eval reproduce eval-references separate confidence bench test test-fast ui configs clean-data
 
 help: ## List the targets and variables
 	@echo "Usage: make <target> [MODEL=$(MODEL)] [DATA=$(DATA)] [TRAINER=$(TRAINER)] [ARGS='...']"
@@ -38,6 +42,9 @@ help: ## List the targets and variables
 	@echo "           EVAL_WORKERS (museval processes), IN (files to separate), OUT (default separated/)"
 	@echo "           confidence: MODEL (vae|deep_vae, default vae), DATA (timit_ten_speakers|timit),"
 	@echo "           SNRS (input SNRs in dB, default \"$(SNRS)\")"
+	@echo "           tune: N_TRIALS (the study's total, default $(N_TRIALS)), STUDY (default <MODEL>-<DATA>; same name resumes),"
+	@echo "           PRUNER (median|percentile|hyperband|successive_halving|none; default conf/tune/<MODEL>.yaml's),"
+	@echo "           OPTUNA_STORAGE (SQLAlchemy URL shared by workers; default sqlite:///mlruns/optuna.db), DASHBOARD_PORT"
 
 ffmpeg: ## Make sure ffmpeg and ffprobe are on PATH (Debian's package if apt and root are there)
 	@if command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null; then exit 0; fi; \
@@ -64,6 +71,13 @@ train: setup ## Train MODEL on DATA with TRAINER; tracked in MLflow (mlruns/)
 	$(BIN)/lightning-sep fit --config conf/trainer/$(TRAINER).yaml --config conf/data/$(DATA).yaml \
 	  --config conf/model/$(MODEL).yaml $(ARGS)
 
+tune: setup ## Optuna study of MODEL on DATA (conf/tune/MODEL.yaml): N_TRIALS, STUDY; best config + plots in MLflow
+	$(BIN)/lightning-sep tune --model $(MODEL) --data $(DATA) --trainer $(TRAINER) --n-trials $(N_TRIALS) \
+	  $(if $(STUDY),--study '$(STUDY)') $(if $(PRUNER),--pruner $(PRUNER)) $(ARGS)
+
+tune-dashboard: setup ## Open optuna-dashboard on the studies' storage at http://127.0.0.1:8080 (DASHBOARD_PORT=...)
+	$(BIN)/optuna-dashboard "$${OPTUNA_STORAGE:-sqlite:///$(CURDIR)/mlruns/optuna.db}" --host 127.0.0.1 --port $(DASHBOARD_PORT)
+
 eval: setup ## Test-set scores of MODEL (or mixture / oracle_*): museval on MUSDB, BSS Eval v3 on DATA=timit
 	$(BIN)/lightning-sep eval $(MODEL_FLAG) --data $(DATA) $(if $(filter $(MODEL),$(REFERENCES)),,$(MODEL_ARGS)) \
 	  $(if $(EVAL_WORKERS),--workers $(EVAL_WORKERS)) $(ARGS)
@@ -80,10 +94,11 @@ separate: setup ## Separate IN='song.wav ...' with MODEL (or CKPT/RUN_ID) into O
 confidence: setup ## The VAE's posterior variance against the input SNR (paper Fig. 5): MODEL=vae DATA=timit_ten_speakers SNRS="..."
 	$(BIN)/lightning-sep confidence $(CONFIDENCE_MODEL_FLAG) --data $(DATA) $(MODEL_ARGS) --snrs $(SNRS) $(ARGS)
 
-bench: setup ## Benchmarks for BENCHMARKS.md (eval wall time per worker count, separation speed, speech metrics)
+bench: setup ## Benchmarks for BENCHMARKS.md (eval wall time per worker count, separation speed, speech metrics, tune trials/hour)
 	$(BIN)/python -m lightning_sep.benchmarks.eval_speed $(ARGS)
 	$(BIN)/python -m lightning_sep.benchmarks.speech_metrics
 	$(BIN)/python -m lightning_sep.benchmarks.input_optimisation
+	$(BIN)/python -m lightning_sep.benchmarks.tune_throughput
 
 reproduce: setup ## Train + evaluate the runs of docs/reproduction.md (hours on a CPU) and print its tables from MLflow
 	$(BIN)/python -m lightning_sep.evaluation.reproduce $(ARGS)

@@ -6,7 +6,8 @@ chosen by ``class_path`` (subclass mode), the front end and the targets are link
 DataModule into the model, every run is tracked in MLflow, and ``--print_config`` prints a config
 that reproduces the run.
 
-Three more subcommands are plain argparse programs: ``lightning-sep eval`` (museval scores on the
+Four more subcommands are plain argparse programs: ``lightning-sep tune`` (an Optuna study,
+:mod:`lightning_sep.tuning.study`), ``lightning-sep eval`` (museval scores on the
 MUSDB18 test set, :mod:`lightning_sep.evaluation.evaluate`), ``lightning-sep separate`` (wav
 files per target, :mod:`lightning_sep.separation.separate`) and ``lightning-sep confidence`` (the
 VAE's average posterior variance against the input SNR, :mod:`lightning_sep.evaluation.confidence`).
@@ -16,9 +17,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Optional
+from typing import Optional, Sequence
 
 import lightning as L
+from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -47,9 +49,23 @@ class SeparationCLI(LightningCLI):
             }
         )
 
+    def instantiate_trainer(self, **kwargs):
+        trainer = super().instantiate_trainer(**kwargs)
+        if not trainer.loggers:  # --trainer.logger=false: nothing to log learning rates to
+            trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]
+        return trainer
 
-def run(args: Optional[list[str]] = None) -> SeparationCLI:
-    """Parse ``args`` (``sys.argv[1:]`` when None), then run the subcommand; returns the CLI."""
+
+def run(
+    args: Optional[list[str]] = None, *, subcommand: bool = True, callbacks: Sequence[Callback] = (),
+    exit_on_error: bool = True,
+) -> SeparationCLI:
+    """Parse ``args`` (``sys.argv[1:]`` when None), then run the subcommand; returns the CLI.
+
+    ``subcommand=False`` parses a config without a subcommand and instantiates the model, data and
+    Trainer without running anything (``make tune`` then calls ``cli.trainer.fit``); ``callbacks``
+    are added to the Trainer's; ``exit_on_error=False`` raises a parse error instead of exiting.
+    """
     check_config_args(sys.argv[1:] if args is None else args)
     return SeparationCLI(
         model_class=SpectrogramSeparator,
@@ -58,8 +74,10 @@ def run(args: Optional[list[str]] = None) -> SeparationCLI:
         subclass_mode_data=True,
         save_config_callback=MLflowSaveConfig,
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={"callbacks": [RunSummary(), LearningRateMonitor(logging_interval="epoch")]},
+        trainer_defaults={"callbacks": [RunSummary(), LearningRateMonitor(logging_interval="epoch"), *callbacks]},
         seed_everything_default=42,
+        parser_kwargs={"exit_on_error": exit_on_error},
+        run=subcommand,
         args=args,
     )
 
@@ -162,6 +180,40 @@ def confidence_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def tune_parser() -> argparse.ArgumentParser:
+    from lightning_sep.tuning.study import EXPERIMENT
+
+    parser = argparse.ArgumentParser(
+        prog="lightning-sep tune",
+        description="An Optuna study over a family's hyperparameters (conf/tune/<model>.yaml): seeded TPE, a pruner fed "
+        "each validation's SDR, failed trials recorded; shared by every worker on the same --storage and --study "
+        "(run again to resume). MLflow: one parent run per study, one child per trial; the best configuration as a "
+        "config file for `make train`, and the history and importance plots.",
+    )
+    parser.add_argument("--model", required=True, help="a family with a search space (conf/tune/<model>.yaml)")
+    parser.add_argument("--data", default="timit", help="conf/data/<name>.yaml (default timit)")
+    parser.add_argument("--trainer", default="cpu", help="conf/trainer/<name>.yaml (default cpu)")
+    parser.add_argument("--n-trials", type=int, default=20,
+                        help="the study's total number of trials, across workers and resumptions (default 20)")
+    parser.add_argument("--study", help="study name (default <model>-<data>); an existing one is resumed")
+    parser.add_argument("--storage", help="SQLAlchemy URL (default: $OPTUNA_STORAGE, else sqlite:///<repo>/mlruns/optuna.db)")
+    parser.add_argument("--space", help="a search-space file instead of conf/tune/<model>.yaml")
+    parser.add_argument("--pruner", help="override the file's pruner: median, percentile, hyperband, successive_halving, none")
+    parser.add_argument("--seed", type=int, default=42, help="the sampler's seed (default 42)")
+    parser.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false",
+                        help="do not start a new study with the default configuration")
+    parser.add_argument("--experiment", default=EXPERIMENT, help=f"MLflow experiment (default {EXPERIMENT})")
+    parser.add_argument("--out", help="results folder (default mlruns/tune/<study>)")
+    return parser
+
+
+def run_tune(argv: list[str]):
+    from lightning_sep.tuning.study import TuneSettings, tune
+
+    return tune(TuneSettings(**vars(tune_parser().parse_args(argv))))
+
+
 def run_confidence(argv: list[str]):
     from lightning_sep.evaluation.confidence import ConfidenceSettings, confidence_curve
 
@@ -182,7 +234,7 @@ def run_separate(argv: list[str]):
     return separate_files(**vars(separate_parser().parse_args(argv)))
 
 
-_COMMANDS = {"eval": run_eval, "separate": run_separate, "confidence": run_confidence}
+_COMMANDS = {"eval": run_eval, "separate": run_separate, "confidence": run_confidence, "tune": run_tune}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

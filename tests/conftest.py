@@ -117,9 +117,10 @@ def data_home(tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_environment(monkeypatch, tmp_path, data_home):
-    """Every test gets its own MLflow store and no ``MUSDB_ROOT``; corpora are shared per session."""
+    """Every test gets its own MLflow store and Optuna storage and no ``MUSDB_ROOT``; corpora are shared per session."""
     monkeypatch.setenv("LIGHTNING_SEP_DATA", str(data_home))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    monkeypatch.setenv("OPTUNA_STORAGE", f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}")
     (tmp_path / "mlruns").mkdir(exist_ok=True)
     monkeypatch.delenv("MUSDB_ROOT", raising=False)
     monkeypatch.chdir(tmp_path)  # nothing a test runs writes into the repository

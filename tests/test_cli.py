@@ -43,6 +43,16 @@ def test_fast_dev_run_of_each_model(model):
     assert bool(cli.model.normalize.fitted)
 
 
+def test_training_without_a_logger(tmp_path):
+    """``--trainer.logger=false`` trains (no learning-rate monitor to feed) and writes nothing to MLflow."""
+    cli = run(["fit", *config_args("skipfilter"), *QUICK, "--trainer.max_epochs", "1", "--trainer.logger", "false",
+               "--trainer.default_root_dir", str(tmp_path / "runs")])
+    assert not cli.trainer.loggers
+    assert cli.trainer.current_epoch == 1 and math.isfinite(float(cli.trainer.callback_metrics["val/sdr"]))
+    assert Path(cli.trainer.checkpoint_callback.best_model_path).is_file()
+    assert mlflow_runs()[1] == []
+
+
 def test_training_run_is_tracked_in_mlflow():
     cli = run(["fit", *config_args("skipfilter"), *QUICK, "--trainer.max_epochs", "2"])
     client, runs = mlflow_runs()
