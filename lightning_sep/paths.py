@@ -16,10 +16,19 @@ def data_home() -> Path:
     return Path(os.environ.get("LIGHTNING_SEP_DATA") or REPO_ROOT / "data").expanduser()
 
 
-def default_tracking_uri() -> str:
-    """``$MLFLOW_TRACKING_URI`` or the SQLite store ``sqlite:///<repo>/mlruns/mlflow.db``."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
+def _env_or_mlruns_sqlite(variable: str, filename: str) -> str:
+    uri = os.environ.get(variable)
     if uri:
         return uri
     (REPO_ROOT / "mlruns").mkdir(exist_ok=True)
-    return f"sqlite:///{REPO_ROOT / 'mlruns' / 'mlflow.db'}"
+    return f"sqlite:///{REPO_ROOT / 'mlruns' / filename}"
+
+
+def default_tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI`` or the SQLite store ``sqlite:///<repo>/mlruns/mlflow.db``."""
+    return _env_or_mlruns_sqlite("MLFLOW_TRACKING_URI", "mlflow.db")
+
+
+def default_optuna_storage() -> str:
+    """``$OPTUNA_STORAGE`` or the SQLite database ``sqlite:///<repo>/mlruns/optuna.db`` (``make tune``)."""
+    return _env_or_mlruns_sqlite("OPTUNA_STORAGE", "optuna.db")

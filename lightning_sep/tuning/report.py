@@ -88,7 +88,7 @@ def plots(study: Any, folder: Path, metric: str = "Objective Value") -> list[Pat
             except (ValueError, RuntimeError, ZeroDivisionError) as err:
                 print(f"[tune {study.study_name}] no {name}: {err}")
                 continue
-        fig = (ax if not hasattr(ax, "figure") else ax.figure) if not isinstance(ax, (list, tuple)) else ax[0].figure
+        fig = (ax[0] if isinstance(ax, (list, tuple)) else ax).figure
         fig.set_size_inches(8, 5)
         fig.tight_layout()
         buf = io.BytesIO()

@@ -40,6 +40,7 @@ import yaml
 
 from lightning_sep.errors import LightningSepError
 from lightning_sep.paths import REPO_ROOT
+from lightning_sep.paths import default_optuna_storage as default_storage
 from lightning_sep.registry import config_path
 from lightning_sep.tracking.mlflow import _local_store_dir, git_commit, redact
 from lightning_sep.tuning.space import TuneConfig, load_tune_config
@@ -48,15 +49,6 @@ from lightning_sep.tuning.space import TuneConfig, load_tune_config
 EXPERIMENT = "lightning-sep-tune"
 #: Trial states counted towards ``--n-trials`` (a study's total, shared by its workers).
 COUNTED_STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING")
-
-
-def default_storage() -> str:
-    """``$OPTUNA_STORAGE`` or ``sqlite:///<repo>/mlruns/optuna.db``."""
-    url = os.environ.get("OPTUNA_STORAGE")
-    if url:
-        return url
-    (REPO_ROOT / "mlruns").mkdir(exist_ok=True)
-    return f"sqlite:///{REPO_ROOT / 'mlruns' / 'optuna.db'}"
 
 
 def open_storage(url: str, heartbeat_interval: int = 60, grace_period: int = 180) -> Any:
@@ -153,9 +145,9 @@ def make_pruner(config: TuneConfig, name: Optional[str] = None) -> Any:
     from optuna import pruners
 
     spec = dict(config.pruner)
-    chosen = name or spec.pop("name", "median")
-    spec.pop("name", None)
-    if name and name != config.pruner.get("name", "median"):
+    named = spec.pop("name", "median")
+    chosen = name or named
+    if chosen != named:
         spec = {}  # the options in the file are for the file's pruner
     classes = {
         "median": pruners.MedianPruner,
@@ -433,7 +425,7 @@ class Objective:
         values, and the whole data and model sections (every argument, so that the DataModule's
         defaults of another ``DATA`` cannot leak in)."""
         full = yaml.safe_load(cli.parser.dump(cli.config, skip_none=False))
-        trainer = {k: v for k, v in self.config.overrides(values).get("trainer", {}).items()}
+        trainer = self.config.overrides(values).get("trainer", {})
         out = {"seed_everything": full.get("seed_everything")}
         if trainer:
             out["trainer"] = trainer
@@ -492,12 +484,13 @@ def tune(settings: TuneSettings) -> TuneResult:
     study_dir = _study_dir(settings, tracking_uri)
     study_dir.mkdir(parents=True, exist_ok=True)
     client.set_tag(parent, "tune.n_trials", str(settings.n_trials))
-    client.set_tag(parent, "tune.pruner", settings.pruner or config.pruner.get("name", "median"))
+    pruner_name = settings.pruner or config.pruner.get("name", "median")
+    client.set_tag(parent, "tune.pruner", pruner_name)
 
     states = tuple(getattr(optuna.trial.TrialState, s) for s in COUNTED_STATES)
     done = len(study.get_trials(deepcopy=False, states=states))
     remaining = settings.n_trials - done
-    prune = (settings.pruner or config.pruner.get("name", "median")) != "none"
+    prune = pruner_name != "none"
     print(f"[tune {settings.study_name}] MODEL={settings.model} DATA={settings.data}: {done} of {settings.n_trials} "
           f"trials already in the study; storage {redact(storage_url)}; MLflow parent run {parent}", flush=True)
     started = time.time()
