@@ -53,6 +53,13 @@ def _local_store_dir(tracking_uri: str) -> Optional[Path]:
     return None
 
 
+def default_artifact_location(tracking_uri: str) -> Optional[str]:
+    """``<store folder>/artifacts`` for a local store (MLflow's own default would be relative to the
+    current directory); None (the server's choice) otherwise."""
+    store = _local_store_dir(tracking_uri)
+    return (store / "artifacts").as_uri() if store is not None else None
+
+
 class MLflowLogger(MLFlowLogger):
     """Lightning's MLflow logger with the platform's store, experiment and checkpoint folder.
 
@@ -81,9 +88,8 @@ class MLflowLogger(MLFlowLogger):
     ):
         tracking_uri = tracking_uri or default_tracking_uri()
         store = _local_store_dir(tracking_uri)
-        if artifact_location is None and store is not None:
-            # MLflow's default would be relative to the current directory
-            artifact_location = (store / "artifacts").as_uri()
+        if artifact_location is None:
+            artifact_location = default_artifact_location(tracking_uri)
         super().__init__(
             experiment_name=experiment_name,
             run_name=run_name,

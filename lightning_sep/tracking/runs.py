@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from lightning_sep.errors import LightningSepError
 from lightning_sep.paths import default_tracking_uri
-from lightning_sep.tracking.mlflow import _local_store_dir, redact
+from lightning_sep.tracking.mlflow import default_artifact_location, redact
 
 EXPERIMENT = "lightning-sep"
 
@@ -204,9 +204,9 @@ def reference_run(method: str, label: str, dataset: str, settings_hash: str, tra
     exp = c.get_experiment_by_name(experiment)
     if exp is not None:
         exp_id = exp.experiment_id
-    else:  # as MLflowLogger does: artifacts beside a local store (MLflow's default is under the cwd)
-        store = _local_store_dir(tracking_uri or default_tracking_uri())
-        exp_id = c.create_experiment(experiment, artifact_location=(store / "artifacts").as_uri() if store else None)
+    else:  # as MLflowLogger does: artifacts beside a local store
+        location = default_artifact_location(tracking_uri or default_tracking_uri())
+        exp_id = c.create_experiment(experiment, artifact_location=location)
     runs = c.search_runs(
         [exp_id],
         filter_string=(

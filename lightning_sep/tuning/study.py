@@ -42,7 +42,7 @@ from lightning_sep.errors import LightningSepError
 from lightning_sep.paths import REPO_ROOT
 from lightning_sep.paths import default_optuna_storage as default_storage
 from lightning_sep.registry import config_path
-from lightning_sep.tracking.mlflow import _local_store_dir, git_commit, redact
+from lightning_sep.tracking.mlflow import _local_store_dir, default_artifact_location, git_commit, redact
 from lightning_sep.tuning.space import TuneConfig, load_tune_config
 
 #: MLflow experiment of the studies (kept apart from training runs, which ``make eval`` looks up).
@@ -220,10 +220,8 @@ def _mlflow_client(experiment: str) -> tuple[Any, str, str]:
             client = make_client(uri)
             exp = client.get_experiment_by_name(experiment)
             if exp is None:
-                store = _local_store_dir(uri)
-                location = (store / "artifacts").as_uri() if store is not None else None
                 try:
-                    exp_id = client.create_experiment(experiment, artifact_location=location)
+                    exp_id = client.create_experiment(experiment, artifact_location=default_artifact_location(uri))
                 except Exception:  # another worker (on another machine) created it first
                     exp = client.get_experiment_by_name(experiment)
                     if exp is None:
