@@ -111,6 +111,8 @@ class SeparationDataModule(L.LightningDataModule):
             self.setup(stage)
             dataset = {"fit": self.train_set, "validate": self.valid_set, "test": self.test_set}[stage]
             sampler = self._sampler if stage == "fit" else None
+        if stage != "fit" and sampler is None:
+            sampler = self._evaluation_shard(dataset, stage)
         return DataLoader(
             dataset,
             batch_size=(self.test_batch_size or self.batch_size) if stage == "test" else self.batch_size,
@@ -121,6 +123,29 @@ class SeparationDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             generator=torch.Generator().manual_seed(self.seed),  # worker base seeds: not the global RNG
         )
+
+    def _evaluation_shard(self, dataset: Dataset, stage: str) -> Optional[Sampler]:
+        """Under DDP, this rank's share of the validation/test items, each item on exactly one rank.
+
+        Lightning's default distributed sampler pads the shards to equal length by repeating items,
+        which would count them twice in the epoch's SDR; :class:`UnrepeatedDistributedSampler` gives
+        shards that differ by at most one item instead (safe here: evaluation has no gradient sync,
+        and every rank gets at least one item).  ``None`` (no sampler) on one process.
+        """
+        trainer = self.trainer
+        world = trainer.world_size if trainer is not None else 1
+        if world <= 1:
+            return None
+        from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+        if len(dataset) < world:
+            what = {"validate": "validation", "test": "test"}.get(stage, stage)
+            raise LightningSepError(
+                f"The {what} set has {len(dataset)} segment(s), fewer than the {world} training processes "
+                f"(DEVICES x NODES): every process needs one. Use fewer devices, or more {what} segments "
+                "(--data.init_args.val_segments_per_track)."
+            )
+        return UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=trainer.global_rank, shuffle=False)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, "fit", self._sampler)

@@ -17,17 +17,20 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import lightning as L
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from lightning_sep.errors import LightningSepError
 from lightning_sep.models.base import SpectrogramSeparator
 from lightning_sep.registry import check_config_args
 from lightning_sep.tracking import MLflowLogger, MLflowSaveConfig, RunSummary
+from lightning_sep.trainer import RandomState, check_trainer_settings, compile_model
 
 
 class SeparationCLI(LightningCLI):
@@ -48,12 +51,54 @@ class SeparationCLI(LightningCLI):
                 "trainer.enable_autolog_hparams": False,
             }
         )
+        parser.add_argument(
+            "--resume", type=Optional[str], default=None,
+            help="fit: continue training (RESUME=): 'last' = the last checkpoint of the latest run of this model, "
+            "continuing its MLflow run at the same global step; or the path of a checkpoint",
+        )
+        parser.add_argument("--compile", type=bool, default=False,
+                            help="fit: torch.compile the model (COMPILE=1)")
+
+    def _section(self, config: Any) -> Any:
+        return config[self.subcommand] if self.subcommand else config
 
     def instantiate_trainer(self, **kwargs):
-        trainer = super().instantiate_trainer(**kwargs)
+        section = self._section(self.config_init)
+        trainer_config = {**section.get("trainer", {}), **kwargs}
+        check_trainer_settings(trainer_config)
+        if section.get("resume"):
+            self._resume(section, trainer_config.get("logger"))
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except (MisconfigurationException, ValueError) as err:  # Lightning's own check of a setting
+            raise LightningSepError(f"Trainer settings (conf/trainer, DEVICES, PRECISION, ...): {err}") from None
         if not trainer.loggers:  # --trainer.logger=false: nothing to log learning rates to
             trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]
         return trainer
+
+    def _resume(self, section: Any, logger: Any) -> None:
+        """``--resume``: the checkpoint ``fit`` restores (weights-only unless ``--weights_only false``), and
+        the MLflow run the logger continues."""
+        from lightning_sep.tracking.runs import resolve_resume
+
+        if self.subcommand != "fit":
+            raise LightningSepError(f"RESUME= (--resume) continues training: use it with fit, not {self.subcommand}.")
+        if section.get("ckpt_path"):
+            raise LightningSepError("Give RESUME= (--resume) or --ckpt_path, not both.")
+        uri = logger._tracking_uri if isinstance(logger, MLflowLogger) else None
+        experiment = logger._experiment_name if isinstance(logger, MLflowLogger) else "lightning-sep"
+        where = resolve_resume(section["resume"], getattr(self.model, "family", type(self.model).__name__), uri, experiment)
+        for config in (section, self._section(self.config)):  # what fit restores, and what the run records
+            config["ckpt_path"] = str(where.ckpt)
+            if config.get("weights_only") is None:
+                config["weights_only"] = True
+        if where.run_id and isinstance(logger, MLflowLogger):
+            logger.resume(where.run_id)
+        rank_zero_info(f"Resuming from {where.ckpt}" + (f" (MLflow run {where.run_id})" if where.run_id else ""))
+
+    def before_fit(self) -> None:
+        if self._section(self.config_init).get("compile"):
+            self.model = compile_model(self.model)
 
 
 def run(
@@ -74,7 +119,8 @@ def run(
         subclass_mode_data=True,
         save_config_callback=MLflowSaveConfig,
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={"callbacks": [RunSummary(), LearningRateMonitor(logging_interval="epoch"), *callbacks]},
+        trainer_defaults={"callbacks": [RunSummary(), LearningRateMonitor(logging_interval="epoch"), RandomState(),
+                                        *callbacks]},
         seed_everything_default=42,
         parser_kwargs={"exit_on_error": exit_on_error},
         run=subcommand,
@@ -245,6 +291,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             _COMMANDS[argv[0]](argv[1:])
         else:
             run(argv)
+    except MisconfigurationException as exc:  # a Lightning setting that only fails when training starts
+        print(f"lightning-sep: error: {str(exc).strip()}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("lightning-sep: interrupted; finished results are kept (rerun to finish the rest).", file=sys.stderr)
         return 130

@@ -69,6 +69,16 @@ class SpectrogramSeparator(L.LightningModule):
         """Mixture magnitudes ``(batch, bins, frames)`` to target magnitudes ``(batch, targets, bins, frames)``."""
         raise NotImplementedError
 
+    def log(self, name: str, value: Any, *args: Any, batch_size: Optional[int] = None, **kwargs: Any) -> None:
+        """Lightning's ``log``, with the batch size given as a float.
+
+        An epoch value is ``sum(value * batch_size) / sum(batch_size)``; under DDP Lightning reduces both
+        sums with a *mean* over the ranks, and the running count is an integer tensor, so the mean of
+        the counts is floor-divided (ranks with 2 and 1 items give 1, not 1.5) and the epoch value is
+        wrong whenever the ranks' shards differ in size.  A float count keeps the division exact.
+        """
+        super().log(name, value, *args, batch_size=None if batch_size is None else float(batch_size), **kwargs)
+
     # -- the front end -------------------------------------------------------------------------
     def spectrogram(self, wave: Tensor) -> tuple[Tensor, Tensor]:
         """Waveforms ``(batch, samples)`` to magnitude and phase ``(batch, bins, frames)``."""
@@ -133,23 +143,30 @@ class SpectrogramSeparator(L.LightningModule):
 
     def log_scores(self, prefix: str, estimates: Tensor, mixture: Tensor, targets: Tensor) -> None:
         """SDR of the resynthesised ``estimates`` ``(B, S', L)`` against ``targets`` ``(B, S, L)`` (the
-        first ``S`` estimates), next to the mixture's SDR (the baseline) and the improvement."""
+        first ``S`` estimates), next to the mixture's SDR (the baseline) and the improvement.
+
+        Each value is a mean over the active (non-silent) references, weighted by their count, so the
+        epoch value is the mean over every active segment of the epoch -- under DDP over every rank's
+        shard (``sync_dist`` sums the weighted values and the counts). Every key is logged on every
+        batch, with weight 0 when nothing is active: ranks must log the same keys, or the epoch-end
+        reduction would wait forever for a key one rank never logged.
+        """
         estimates = estimates[:, : targets.shape[1]]
         sdr = signal_to_distortion_ratio(estimates, targets)  # (B, S)
         base = signal_to_distortion_ratio(mixture.unsqueeze(1).expand_as(targets), targets)
         keep = active(targets)
-        count = int(keep.sum())
-        if count == 0:
-            return
-        mean_sdr, mean_base = sdr[keep].mean(), base[keep].mean()
-        self.log(f"{prefix}/sdr", mean_sdr, batch_size=count, sync_dist=True, prog_bar=True)
-        self.log(f"{prefix}/sdr_mixture", mean_base, batch_size=count, sync_dist=True)
-        self.log(f"{prefix}/sdr_improvement", mean_sdr - mean_base, batch_size=count, sync_dist=True)
+
+        def log_mean(name: str, values: Tensor, where: Tensor, **kwargs) -> None:
+            count = int(where.sum())
+            mean = values[where].mean() if count else values.new_zeros(())
+            self.log(name, mean, batch_size=count, sync_dist=True, **kwargs)
+
+        log_mean(f"{prefix}/sdr", sdr, keep, prog_bar=True)
+        log_mean(f"{prefix}/sdr_mixture", base, keep)
+        log_mean(f"{prefix}/sdr_improvement", sdr - base, keep)
         if targets.shape[1] > 1:
             for j in range(targets.shape[1]):
-                k = keep[:, j]
-                if k.any():
-                    self.log(f"{prefix}/sdr/{self.targets[j]}", sdr[k, j].mean(), batch_size=int(k.sum()), sync_dist=True)
+                log_mean(f"{prefix}/sdr/{self.targets[j]}", sdr[:, j], keep[:, j])
 
 
 class MixtureToTarget(SpectrogramSeparator):

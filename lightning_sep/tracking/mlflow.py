@@ -101,6 +101,18 @@ class MLflowLogger(MLFlowLogger):
             run_id=run_id,
         )
         self._checkpoint_root = checkpoint_dir or (str(store) if store else None)
+        #: True when this logger continues an existing run (``RESUME=``): params already logged stay as they are
+        self.resumed = run_id is not None
+
+    def resume(self, run_id: str) -> None:
+        """Continue the existing run ``run_id`` (``RESUME=``): metrics go on at the restored global step,
+        and the run is marked RUNNING again until this training ends."""
+        self._run_id, self.resumed = run_id, True
+        self._mark_running()
+
+    @rank_zero_only
+    def _mark_running(self) -> None:
+        self.experiment.update_run(self.run_id, status="RUNNING")
 
     @property
     def save_dir(self) -> Optional[str]:
@@ -152,6 +164,10 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+#: options of ``fit`` that say how a run starts, not what it is: tags, not params (a resumed run changes them)
+_RUN_CONTROL = {"ckpt_path", "resume", "weights_only"}
+
+
 class MLflowSaveConfig(SaveConfigCallback):
     """Saves the resolved config to the run: params, ``config.yaml`` artifact, and tags."""
 
@@ -167,9 +183,20 @@ class MLflowSaveConfig(SaveConfigCallback):
         config = yaml.safe_load(text)
         subcommand = getattr(self.config, "subcommand", None)
         resolved = config.get(subcommand, config) if subcommand else config
-        params = {k: v for k, v in _flatten(resolved).items() if not k.startswith("trainer.callbacks")}
+        params = {k: v for k, v in _flatten(resolved).items()
+                  if not k.startswith("trainer.callbacks") and k not in _RUN_CONTROL}
+        text = yaml.safe_dump(redact(resolved), sort_keys=False)
+        if logger.resumed:  # MLflow refuses to change a logged param: keep the first, record what changed
+            before = logger.experiment.get_run(logger.run_id).data.params
+            params = {k: v for k, v in redact(params).items() if k not in before}
+            changed = sorted(k for k, v in _flatten(redact(resolved)).items() if k in before and str(v) != before[k])
+            resumes = int(logger.experiment.get_run(logger.run_id).data.tags.get("resume.count", "0")) + 1
+            logger.set_tags({"resume.count": resumes, f"resume.{resumes}.from": resolved.get("ckpt_path") or "",
+                             f"resume.{resumes}.changed": ",".join(changed)})
+            logger.log_text(text, f"resume/config-{resumes}.yaml")
+        else:
+            logger.log_text(text, "config.yaml")
         logger.log_hyperparams(redact(params))
-        logger.log_text(yaml.safe_dump(redact(resolved), sort_keys=False), "config.yaml")
         commit, dirty = git_commit()
         dm = trainer.datamodule
         tags = {
@@ -188,7 +215,13 @@ class MLflowSaveConfig(SaveConfigCallback):
 
 
 class RunSummary(Callback):
-    """At the end of ``fit``: tags where the checkpoints are and prints what the run did."""
+    """Tags where the checkpoints go when training starts (so ``RESUME=last`` finds a killed run's), and at
+    the end of ``fit`` the best and last checkpoints; prints what the run did."""
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        ckpt = trainer.checkpoint_callback
+        if trainer.is_global_zero and isinstance(trainer.logger, MLflowLogger) and getattr(ckpt, "dirpath", None):
+            trainer.logger.set_tags({"checkpoint.dir": ckpt.dirpath})
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.is_global_zero:

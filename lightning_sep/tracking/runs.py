@@ -247,3 +247,68 @@ def log_evaluation(
         c.set_tag(run_id, key, value)
     for artifact_path, folder in artifact_dirs.items():
         c.log_artifacts(run_id, str(folder), artifact_path=artifact_path)
+
+
+@dataclass
+class Resume:
+    """Where ``RESUME=`` continues: the checkpoint, and the MLflow run to continue (None: a new run)."""
+
+    ckpt: Path
+    run_id: Optional[str]
+
+
+def _last_checkpoint(run: Any) -> Optional[Path]:
+    """``last.ckpt`` in the run's checkpoint folder (tagged when training starts, so a killed run has it too)."""
+    tags = run.data.tags
+    candidates = [tags.get("checkpoint.last")]
+    if tags.get("checkpoint.dir"):
+        candidates.append(str(Path(tags["checkpoint.dir"]) / "last.ckpt"))
+    for value in candidates:
+        if value and Path(value).is_file():
+            return Path(value)
+    return None
+
+
+def resolve_resume(resume: str, family: str, tracking_uri: Optional[str] = None,
+                   experiment: str = EXPERIMENT) -> Resume:
+    """``RESUME=last``: the last checkpoint of the latest training run of ``family`` (finished, failed,
+    killed or still marked running), continuing that run; ``RESUME=<path>``: that checkpoint, continuing
+    its run when the file is in a run's checkpoint folder of this store (else the training is a new run)."""
+    store = redact(tracking_uri or default_tracking_uri())
+    if resume != "last":
+        path = Path(resume).expanduser().resolve()
+        if not path.is_file():
+            raise LightningSepError(
+                f"RESUME={resume}: no such checkpoint file. Pass RESUME=last (the latest {family} run) or the path "
+                "of a .ckpt written by `make train` (mlruns/<experiment>/<run>/checkpoints/last.ckpt)."
+            )
+        resolved = describe_checkpoint(path)
+        if resolved.family != family:
+            raise LightningSepError(
+                f"RESUME={resume}: the checkpoint is of MODEL={resolved.family}, not MODEL={family}: pass "
+                f"MODEL={resolved.family}, or a checkpoint of a {family} run."
+            )
+        run_id = resolved.run_id
+        if run_id is not None:
+            try:
+                client(tracking_uri).get_run(run_id)
+            except Exception:
+                run_id = None  # not a run of this store: the resumed training is logged as a new run
+        return Resume(path, run_id)
+    c = client(tracking_uri)
+    exp = c.get_experiment_by_name(experiment)
+    hint = f"start one with `make train MODEL={family}` (without RESUME), or pass RESUME=<path to a .ckpt>."
+    runs = [] if exp is None else c.search_runs(
+        [exp.experiment_id], filter_string=f"tags.`model.family` = '{family}'",
+        order_by=["attributes.start_time DESC"], max_results=200,
+    )
+    for run in runs:
+        if run.data.tags.get("lightning_sep.stage", "fit") != "fit":
+            continue
+        path = _last_checkpoint(run)
+        if path is not None:
+            describe_checkpoint(path)  # a readable, weights-only Lightning checkpoint
+            return Resume(path.resolve(), run.info.run_id)
+    raise LightningSepError(
+        f"RESUME=last: no training run of MODEL={family} with a last checkpoint in {store}: {hint}"
+    )

@@ -1,0 +1,167 @@
+"""Real DDP on CPU: two processes on the gloo backend, started by Lightning as ``make train TRAINER=ddp_cpu``.
+
+Each run is the real command line (``python -m lightning_sep.cli fit --config conf/trainer/ddp_cpu.yaml
+...``) in a subprocess: Lightning's DDP launcher re-runs it for rank 1.  A probe callback
+(``tests/ddp_probe.py``) records what each rank saw; the tests check that the ranks drew different
+training segments, that the validation items are split between them with none counted twice, that
+the logged validation SDR is the mean over both ranks' shards, that rank 0 alone wrote one MLflow run
+and one set of checkpoints, and that a run interrupted after epoch 1 and resumed with ``--resume last``
+gives the same epoch-2 metrics as the run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, config_args, make_wav_corpus
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 2
+
+
+def _fit(base: Path, corpus: Path, data_home: Path, probe: str, *extra: str, interrupt_at: int | None = None,
+         trainer: str = "ddp_cpu") -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "LIGHTNING_SEP_DATA": str(data_home),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{base / 'mlruns' / 'mlflow.db'}",
+        "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)]),
+        "PROBE_DIR": str(base / probe),
+        "OMP_NUM_THREADS": "1",
+    }
+    env.pop("MUSDB_ROOT", None)
+    env.pop("PROBE_INTERRUPT_EPOCH", None)
+    if interrupt_at is not None:
+        env["PROBE_INTERRUPT_EPOCH"] = str(interrupt_at)
+    (base / "mlruns").mkdir(exist_ok=True)
+    args = [
+        sys.executable, "-m", "lightning_sep.cli", "fit", *config_args("skipfilter", trainer=trainer),
+        "--data.root", str(corpus), "--data.cache_dir", str(base / "cache"), "--data.validation_tracks", "[Tiny - Train 04]",
+        "--data.samples_per_track", "4", "--data.batch_size", "2",
+        "--data.val_segments_per_track", "3", "--data.val_segment_frames", "64",
+        "--trainer.max_epochs", str(EPOCHS), "--trainer.deterministic", "true",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+        "--trainer.log_every_n_steps", "1", "--model.init_args.early_stopping_patience", "null",
+        "--trainer.callbacks", json.dumps([{"class_path": "ddp_probe.Probe"}]), *extra,
+    ]
+    return subprocess.run(args, cwd=base, env=env, capture_output=True, text=True, timeout=900)
+
+
+def _runs(base: Path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{base / 'mlruns' / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    return client, runs
+
+
+def _history(client, run_id: str, key: str) -> list[float]:
+    return [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ddp_corpus")
+    make_wav_corpus(root, n_train=4, n_test=1, seconds=3.0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory, corpus, data_home):
+    base = tmp_path_factory.mktemp("ddp_run")
+    proc = _fit(base, corpus, data_home, "probe")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return base, proc
+
+
+def test_ddp_training_runs_on_two_gloo_processes(ddp_run):
+    base, proc = ddp_run
+    ranks = [json.loads((base / "probe" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert "gloo" in proc.stderr + proc.stdout or "distributed_backend=gloo" in proc.stderr + proc.stdout
+
+
+def test_ranks_draw_different_training_segments(ddp_run):
+    base, _ = ddp_run
+    ranks = [json.loads((base / "probe" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for epoch in map(str, range(EPOCHS)):
+        a, b = (set(r["train"][epoch]) for r in ranks)
+        # 3 training tracks x 4 segments = 12 items: 6 per rank, none on both
+        assert len(ranks[0]["train"][epoch]) == len(ranks[1]["train"][epoch]) == 6
+        assert len(a) == len(b) == 6 and not a & b
+    # and new segments every epoch
+    assert set(ranks[0]["train"]["0"]) != set(ranks[0]["train"]["1"])
+
+
+def test_validation_sdr_is_the_mean_over_both_ranks_shards(ddp_run):
+    base, _ = ddp_run
+    ranks = [json.loads((base / "probe" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    client, runs = _runs(base)
+    logged = _history(client, runs[0].info.run_id, "val/sdr")
+    assert len(logged) == EPOCHS
+    for epoch in range(EPOCHS):
+        shards = [r["val"][str(epoch)] for r in ranks]
+        # 3 validation segments: 2 on rank 0, 1 on rank 1, none twice (no padding by repetition)
+        assert sorted(len(s) for s in shards) == [1, 2]
+        hashes = [item["hash"] for s in shards for item in s]
+        assert len(set(hashes)) == 3
+        # one target (vocals): an SDR per item and target, averaged over the active ones
+        values = [v for s in shards for item in s for v, a in zip(item["sdr"], item["active"]) if a]
+        assert len(values) == 3
+        assert logged[epoch] == pytest.approx(sum(values) / len(values), abs=1e-4)
+        # not just one rank's mean
+        per_rank = [sum(i["sdr"][0] for i in s) / len(s) for s in shards]
+        assert abs(per_rank[0] - per_rank[1]) > 1e-3
+
+
+def test_rank_zero_alone_writes_one_run_and_one_set_of_checkpoints(ddp_run):
+    base, _ = ddp_run
+    client, runs = _runs(base)
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["trainer.strategy"] == "ddp" and run.data.params["trainer.devices"] == "2"
+    ckpt_dirs = [p for p in (base / "mlruns").rglob("checkpoints") if p.is_dir()]
+    assert ckpt_dirs == [Path(run.data.tags["checkpoint.dir"])]
+    names = sorted(p.name for p in ckpt_dirs[0].iterdir())
+    assert "last.ckpt" in names and len([n for n in names if n.startswith("epoch")]) == 1, names
+    assert not [p for p in ckpt_dirs[0].iterdir() if p.name.startswith(".") or p.suffix != ".ckpt"]
+    # the training steps of both epochs, counted once (3 batches per rank per epoch)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/sdr")] == [2, 5]
+
+
+def test_interrupted_then_resumed_matches_the_uninterrupted_run(ddp_run, tmp_path, corpus, data_home):
+    base, _ = ddp_run
+    client, runs = _runs(base)
+    reference = runs[0].info.run_id
+
+    stopped = _fit(tmp_path, corpus, data_home, "probe-a", interrupt_at=1)
+    assert stopped.returncode != 0  # Ctrl-C at the start of epoch 2
+    c2, runs2 = _runs(tmp_path)
+    assert len(runs2) == 1 and len(_history(c2, runs2[0].info.run_id, "val/sdr")) == 1
+    assert runs2[0].info.status in ("FAILED", "KILLED")
+
+    resumed = _fit(tmp_path, corpus, data_home, "probe-b", "--resume", "last")
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    c2, runs2 = _runs(tmp_path)
+    assert len(runs2) == 1, "the resumed training continues the same MLflow run"
+    run = runs2[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["resume.count"] == "1" and run.data.tags["resume.1.from"].endswith("last.ckpt")
+    for key in ("val/sdr", "val/loss", "val/sdr_mixture", "train/loss_epoch"):
+        ref = client.get_metric_history(reference, key)
+        got = c2.get_metric_history(run.info.run_id, key)
+        assert [m.step for m in sorted(got, key=lambda m: m.step)] == [m.step for m in sorted(ref, key=lambda m: m.step)]
+        assert _history(c2, run.info.run_id, key) == pytest.approx(_history(client, reference, key), rel=1e-6, abs=1e-7), key
+    # the resumed ranks drew epoch 2's segments, as the uninterrupted ranks did
+    for r in (0, 1):
+        ref_probe = json.loads((base / "probe" / f"rank{r}.json").read_text())
+        new_probe = json.loads((tmp_path / "probe-b" / f"rank{r}.json").read_text())
+        assert new_probe["train"]["1"] == ref_probe["train"]["1"]
