@@ -24,6 +24,25 @@ N_TRIALS ?= 20
 STUDY   ?=
 PRUNER  ?=
 DASHBOARD_PORT ?= 8080
+# training scale (conf/trainer/): empty = the trainer file's value
+DEVICES ?=
+NODES   ?=
+STRATEGY ?=
+ACCELERATOR ?=
+PRECISION ?=
+ACCUMULATE ?=
+COMPILE ?=
+RESUME  ?=
+NODE_RANK ?= 0
+MASTER_ADDR ?= 127.0.0.1
+MASTER_PORT ?= 29500
+TRAINER_ARGS = $(if $(DEVICES),--trainer.devices $(DEVICES)) $(if $(NODES),--trainer.num_nodes $(NODES)) \
+  $(if $(STRATEGY),--trainer.strategy $(STRATEGY)) $(if $(ACCELERATOR),--trainer.accelerator $(ACCELERATOR)) \
+  $(if $(PRECISION),--trainer.precision $(PRECISION)) $(if $(ACCUMULATE),--trainer.accumulate_grad_batches $(ACCUMULATE)) \
+  $(if $(filter 1 true yes,$(COMPILE)),--compile true) $(if $(RESUME),--resume '$(RESUME)')
+# TRAINER=multinode: torchrun starts DEVICES processes on this node, NODE_RANK of NODES (run it on every node)
+FIT = $(if $(filter multinode,$(TRAINER)),$(BIN)/torchrun --nnodes $(or $(NODES),2) --nproc-per-node $(or $(DEVICES),1) \
+  --node-rank $(NODE_RANK) --master-addr $(MASTER_ADDR) --master-port $(MASTER_PORT) -m lightning_sep.cli,$(BIN)/lightning-sep)
 REFERENCES := mixture oracle_ibm oracle_irm1 oracle_irm2
 # with CKPT or RUN_ID, MODEL (when given) only checks that the checkpoint is of that family
 MODEL_FLAG = $(if $(filter command line environment,$(origin MODEL)),--model $(MODEL),$(if $(CKPT)$(RUN_ID),,--model $(MODEL)))
@@ -36,7 +55,10 @@ CONFIDENCE_MODEL_FLAG = $(if $(filter command line environment,$(origin MODEL)),
 help: ## List the targets and variables
 	@echo "Usage: make <target> [MODEL=$(MODEL)] [DATA=$(DATA)] [TRAINER=$(TRAINER)] [ARGS='...']"
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "Variables: MODEL (conf/model/*.yaml), DATA (conf/data/*.yaml: musdb, timit, timit_ten_speakers), TRAINER (cpu|auto),"
+	@echo "Variables: MODEL (conf/model/*.yaml), DATA (conf/data/*.yaml: musdb, timit, timit_ten_speakers),"
+	@echo "           TRAINER (conf/trainer/*.yaml: cpu, auto, gpu, ddp, ddp_cpu, ddp_spawn, multinode), DEVICES (per node),"
+	@echo "           NODES, STRATEGY, ACCELERATOR, PRECISION (32-true|bf16-mixed|16-mixed), ACCUMULATE (batches),"
+	@echo "           COMPILE=1 (torch.compile), RESUME (last | a .ckpt: continue the run), multinode: NODE_RANK, MASTER_ADDR, MASTER_PORT"
 	@echo "           ARGS (extra lightning-sep arguments), MUSDB_ROOT / TIMIT_ROOT (real data; unset = embedded corpora)"
 	@echo "           eval/separate: CKPT, RUN_ID (default: latest finished run of MODEL), WIENER (EM iterations),"
 	@echo "           EVAL_WORKERS (museval processes), IN (files to separate), OUT (default separated/)"
@@ -67,9 +89,9 @@ $(STAMP): pyproject.toml
 
 setup: ffmpeg $(STAMP) ## Create .venv and install the package (re-runs only when pyproject.toml changes)
 
-train: setup ## Train MODEL on DATA with TRAINER; tracked in MLflow (mlruns/)
-	$(BIN)/lightning-sep fit --config conf/trainer/$(TRAINER).yaml --config conf/data/$(DATA).yaml \
-	  --config conf/model/$(MODEL).yaml $(ARGS)
+train: setup ## Train MODEL on DATA with TRAINER (cpu|gpu|ddp|ddp_cpu|ddp_spawn|multinode), DEVICES, RESUME=last; MLflow
+	$(FIT) fit --config conf/trainer/$(TRAINER).yaml --config conf/data/$(DATA).yaml \
+	  --config conf/model/$(MODEL).yaml $(TRAINER_ARGS) $(ARGS)
 
 tune: setup ## Optuna study of MODEL on DATA (conf/tune/MODEL.yaml): N_TRIALS, STUDY; best config + plots in MLflow
 	$(BIN)/lightning-sep tune --model $(MODEL) --data $(DATA) --trainer $(TRAINER) --n-trials $(N_TRIALS) \
@@ -94,18 +116,19 @@ separate: setup ## Separate IN='song.wav ...' with MODEL (or CKPT/RUN_ID) into O
 confidence: setup ## The VAE's posterior variance against the input SNR (paper Fig. 5): MODEL=vae DATA=timit_ten_speakers SNRS="..."
 	$(BIN)/lightning-sep confidence $(CONFIDENCE_MODEL_FLAG) --data $(DATA) $(MODEL_ARGS) --snrs $(SNRS) $(ARGS)
 
-bench: setup ## Benchmarks for BENCHMARKS.md (eval wall time per worker count, separation speed, speech metrics, tune trials/hour)
+bench: setup ## Benchmarks for BENCHMARKS.md (eval wall time per worker count, separation speed, speech metrics, tune trials/hour, training frames/s per family)
 	$(BIN)/python -m lightning_sep.benchmarks.eval_speed $(ARGS)
 	$(BIN)/python -m lightning_sep.benchmarks.speech_metrics
 	$(BIN)/python -m lightning_sep.benchmarks.input_optimisation
 	$(BIN)/python -m lightning_sep.benchmarks.tune_throughput
+	$(BIN)/python -m lightning_sep.benchmarks.training_speed
 
 reproduce: setup ## Train + evaluate the runs of docs/reproduction.md (hours on a CPU) and print its tables from MLflow
 	$(BIN)/python -m lightning_sep.evaluation.reproduce $(ARGS)
 
 configs: setup ## Print the resolved config of MODEL/DATA/TRAINER (reproduces the run)
 	$(BIN)/lightning-sep fit --config conf/trainer/$(TRAINER).yaml --config conf/data/$(DATA).yaml \
-	  --config conf/model/$(MODEL).yaml $(ARGS) --print_config
+	  --config conf/model/$(MODEL).yaml $(TRAINER_ARGS) $(ARGS) --print_config
 
 test: setup ## Run the test suite (all on the embedded corpora; no download, no GPU)
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \

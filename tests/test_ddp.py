@@ -165,3 +165,58 @@ def test_interrupted_then_resumed_matches_the_uninterrupted_run(ddp_run, tmp_pat
         ref_probe = json.loads((base / "probe" / f"rank{r}.json").read_text())
         new_probe = json.loads((tmp_path / "probe-b" / f"rank{r}.json").read_text())
         assert new_probe["train"]["1"] == ref_probe["train"]["1"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_multinode_through_torchrun_two_nodes_on_loopback(tmp_path, corpus, data_home):
+    """``make train TRAINER=multinode``'s launch: torchrun on each of two "nodes" (here two torchrun agents on
+    this machine, rendezvous on 127.0.0.1), one process each; Lightning takes rank and world size from
+    torchrun's environment."""
+    port = str(_free_port())
+    procs = []
+    for node_rank in (0, 1):
+        base = tmp_path
+        env = {
+            **os.environ, "LIGHTNING_SEP_DATA": str(data_home),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{base / 'mlruns' / 'mlflow.db'}",
+            "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)]), "PROBE_DIR": str(base / "probe"),
+            "OMP_NUM_THREADS": "1",
+        }
+        (base / "mlruns").mkdir(exist_ok=True)
+        args = [
+            str(Path(sys.executable).parent / "torchrun"), "--nnodes", "2", "--nproc-per-node", "1",
+            "--node-rank", str(node_rank), "--master-addr", "127.0.0.1", "--master-port", port,
+            "-m", "lightning_sep.cli", "fit", *config_args("skipfilter", trainer="multinode"),
+            "--trainer.accelerator", "cpu", "--trainer.num_nodes", "2", "--trainer.devices", "1",
+            "--data.root", str(corpus), "--data.cache_dir", str(base / "cache"),
+            "--data.validation_tracks", "[Tiny - Train 04]", "--data.samples_per_track", "4", "--data.batch_size", "2",
+            "--data.val_segments_per_track", "3", "--data.val_segment_frames", "64", "--trainer.max_epochs", "1",
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+            "--trainer.callbacks", json.dumps([{"class_path": "ddp_probe.Probe"}]),
+        ]
+        procs.append(subprocess.Popen(args, cwd=base, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    import time
+
+    deadline = time.monotonic() + 900
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        if any(p.poll() not in (None, 0) for p in procs):  # one node failed: the other would wait for it
+            break
+        time.sleep(0.5)
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+    outputs = [p.communicate()[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    ranks = [json.loads((tmp_path / "probe" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert not set(ranks[0]["train"]["0"]) & set(ranks[1]["train"]["0"])
+    client, runs = _runs(tmp_path)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.params["trainer.num_nodes"] == "2"

@@ -27,6 +27,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from lightning_sep.paths import REPO_ROOT, default_tracking_uri
+from lightning_sep.utils.atomic import sqlite_lock
 
 _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]+:)(?P<pw>[^@\s]+)(?P<at>@)")
 
@@ -90,16 +91,17 @@ class MLflowLogger(MLFlowLogger):
         store = _local_store_dir(tracking_uri)
         if artifact_location is None:
             artifact_location = default_artifact_location(tracking_uri)
-        super().__init__(
-            experiment_name=experiment_name,
-            run_name=run_name,
-            tracking_uri=tracking_uri,
-            tags=redact(tags),
-            log_model=log_model,
-            prefix=prefix,
-            artifact_location=artifact_location,
-            run_id=run_id,
-        )
+        with sqlite_lock(tracking_uri):  # ranks started together (torchrun, SLURM) create a new store once
+            super().__init__(
+                experiment_name=experiment_name,
+                run_name=run_name,
+                tracking_uri=tracking_uri,
+                tags=redact(tags),
+                log_model=log_model,
+                prefix=prefix,
+                artifact_location=artifact_location,
+                run_id=run_id,
+            )
         self._checkpoint_root = checkpoint_dir or (str(store) if store else None)
         #: True when this logger continues an existing run (``RESUME=``): params already logged stay as they are
         self.resumed = run_id is not None

@@ -44,6 +44,7 @@ from lightning_sep.paths import default_optuna_storage as default_storage
 from lightning_sep.registry import config_path
 from lightning_sep.tracking.mlflow import _local_store_dir, default_artifact_location, git_commit, redact
 from lightning_sep.tuning.space import TuneConfig, load_tune_config
+from lightning_sep.utils.atomic import sqlite_lock
 
 #: MLflow experiment of the studies (kept apart from training runs, which ``make eval`` looks up).
 EXPERIMENT = "lightning-sep-tune"
@@ -82,7 +83,7 @@ def open_storage(url: str, heartbeat_interval: int = 60, grace_period: int = 180
         try:
             # workers starting together on a new database race to create its tables: one at a time on
             # this machine (a lock beside a SQLite file), and a retry for the loser on a server
-            with _sqlite_lock(url), warnings.catch_warnings():
+            with sqlite_lock(url), warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(
                     url, engine_kwargs=engine, heartbeat_interval=heartbeat_interval, grace_period=grace_period
@@ -110,16 +111,6 @@ def _creation_race(message: str) -> bool:
     """Whether an error is another worker creating the same tables at the same moment."""
     message = message.lower()
     return any(k in message for k in ("already exists", "duplicate", "unique constraint", "alembic_version"))
-
-
-def _sqlite_lock(url: str) -> Any:
-    """An inter-process lock beside a SQLite database file (``<file>.lock``); a no-op for servers."""
-    from lightning_sep.utils.atomic import file_lock
-
-    if url.startswith("sqlite:///"):
-        db = Path(url[len("sqlite:///"):]).expanduser().resolve()
-        return file_lock(db.with_name(db.name + ".lock"))
-    return contextlib.nullcontext()
 
 
 def make_sampler(config: TuneConfig, seed: int) -> Any:
@@ -216,7 +207,7 @@ def _mlflow_client(experiment: str) -> tuple[Any, str, str]:
 
     uri = default_tracking_uri()
     try:
-        with _sqlite_lock(uri):  # a new SQLite store's tables are created by the first client, once
+        with sqlite_lock(uri):  # a new SQLite store's tables are created by the first client, once
             client = make_client(uri)
             exp = client.get_experiment_by_name(experiment)
             if exp is None:

@@ -84,3 +84,15 @@ def file_lock(path: str | os.PathLike) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def sqlite_lock(url: str) -> contextlib.AbstractContextManager:
+    """An inter-process lock beside a SQLite database file (``<file>.lock``); a no-op for servers.
+
+    A new SQLite store's tables are created by its first client; clients that start together (DDP
+    ranks under torchrun, tuning workers) take this lock so that they are created once.
+    """
+    if url.startswith("sqlite:///"):
+        db = Path(url[len("sqlite:///"):]).expanduser().resolve()
+        return file_lock(db.with_name(db.name + ".lock"))
+    return contextlib.nullcontext()
