@@ -112,6 +112,8 @@ def run(
     are added to the Trainer's; ``exit_on_error=False`` raises a parse error instead of exiting.
     """
     check_config_args(sys.argv[1:] if args is None else args)
+    if args is not None and list(args) == sys.argv[1:]:
+        args = None  # the console script: LightningCLI reads sys.argv itself (and warns when given both)
     return SeparationCLI(
         model_class=SpectrogramSeparator,
         datamodule_class=L.LightningDataModule,

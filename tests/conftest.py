@@ -169,6 +169,58 @@ def train_tiny_skipfilter(base: Path, data_home: Path, n_test: int = 1):
     return SimpleNamespace(uri=uri, corpus=corpus, run_id=runs[0].info.run_id, ckpt=ckpt, base=base)
 
 
+def fit_in_subprocess(base: Path, corpus: Path, data_home: Path, probe: str, *extra: str, interrupt_at: int | None = None,
+                      trainer: str = "ddp_cpu", model: str = "skipfilter", epochs: int = 2) -> "subprocess.CompletedProcess":
+    """``lightning-sep fit`` as ``make train`` runs it, in a subprocess (so DDP can re-launch it), on the tiny
+    corpus ``corpus`` (4 training tracks; "Tiny - Train 04" validates), with the DDP probe
+    (``tests/ddp_probe.py``) writing what each rank saw to ``base/probe``; MLflow store in ``base/mlruns``.
+    ``interrupt_at=n``: Ctrl-C when epoch ``n`` starts."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "LIGHTNING_SEP_DATA": str(data_home),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{base / 'mlruns' / 'mlflow.db'}",
+        "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)]),
+        "PROBE_DIR": str(base / probe),
+        "OMP_NUM_THREADS": "1",
+    }
+    env.pop("MUSDB_ROOT", None)
+    env.pop("PROBE_INTERRUPT_EPOCH", None)
+    if interrupt_at is not None:
+        env["PROBE_INTERRUPT_EPOCH"] = str(interrupt_at)
+    (base / "mlruns").mkdir(parents=True, exist_ok=True)
+    args = [
+        sys.executable, "-m", "lightning_sep.cli", "fit", *config_args(model, trainer=trainer),
+        "--data.root", str(corpus), "--data.cache_dir", str(base / "cache"), "--data.validation_tracks", "[Tiny - Train 04]",
+        "--data.samples_per_track", "4", "--data.batch_size", "2",
+        "--data.val_segments_per_track", "3", "--data.val_segment_frames", "64",
+        "--trainer.max_epochs", str(epochs), "--trainer.deterministic", "true",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+        "--trainer.log_every_n_steps", "1", "--model.init_args.early_stopping_patience", "null",
+        "--trainer.callbacks", json.dumps([{"class_path": "ddp_probe.Probe"}]), *extra,
+    ]
+    return subprocess.run(args, cwd=base, env=env, capture_output=True, text=True, timeout=900)
+
+
+def store_runs(base: Path):
+    """``(client, runs)`` of the MLflow store ``base/mlruns``."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{base / 'mlruns' / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    return client, runs
+
+
+def metric_history(client, run_id: str, key: str) -> list[float]:
+    """A metric's values in step order."""
+    return [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+
 # -- shared checks ---------------------------------------------------------------------------------------------------
 def eval_error(capsys, *args: str) -> str:
     """Run ``lightning-sep eval ARGS``: it must exit 2 with exactly one ``lightning-sep: error:`` line

@@ -19,51 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, config_args, make_wav_corpus
+from conftest import REPO, config_args, fit_in_subprocess, make_wav_corpus, metric_history, store_runs
 
 pytestmark = pytest.mark.slow
 
 EPOCHS = 2
-
-
-def _fit(base: Path, corpus: Path, data_home: Path, probe: str, *extra: str, interrupt_at: int | None = None,
-         trainer: str = "ddp_cpu") -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "LIGHTNING_SEP_DATA": str(data_home),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{base / 'mlruns' / 'mlflow.db'}",
-        "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)]),
-        "PROBE_DIR": str(base / probe),
-        "OMP_NUM_THREADS": "1",
-    }
-    env.pop("MUSDB_ROOT", None)
-    env.pop("PROBE_INTERRUPT_EPOCH", None)
-    if interrupt_at is not None:
-        env["PROBE_INTERRUPT_EPOCH"] = str(interrupt_at)
-    (base / "mlruns").mkdir(exist_ok=True)
-    args = [
-        sys.executable, "-m", "lightning_sep.cli", "fit", *config_args("skipfilter", trainer=trainer),
-        "--data.root", str(corpus), "--data.cache_dir", str(base / "cache"), "--data.validation_tracks", "[Tiny - Train 04]",
-        "--data.samples_per_track", "4", "--data.batch_size", "2",
-        "--data.val_segments_per_track", "3", "--data.val_segment_frames", "64",
-        "--trainer.max_epochs", str(EPOCHS), "--trainer.deterministic", "true",
-        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-        "--trainer.log_every_n_steps", "1", "--model.init_args.early_stopping_patience", "null",
-        "--trainer.callbacks", json.dumps([{"class_path": "ddp_probe.Probe"}]), *extra,
-    ]
-    return subprocess.run(args, cwd=base, env=env, capture_output=True, text=True, timeout=900)
-
-
-def _runs(base: Path):
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{base / 'mlruns' / 'mlflow.db'}")
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    return client, runs
-
-
-def _history(client, run_id: str, key: str) -> list[float]:
-    return [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +36,7 @@ def corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory, corpus, data_home):
     base = tmp_path_factory.mktemp("ddp_run")
-    proc = _fit(base, corpus, data_home, "probe")
+    proc = fit_in_subprocess(base, corpus, data_home, "probe")
     assert proc.returncode == 0, proc.stderr[-4000:]
     return base, proc
 
@@ -103,8 +63,8 @@ def test_ranks_draw_different_training_segments(ddp_run):
 def test_validation_sdr_is_the_mean_over_both_ranks_shards(ddp_run):
     base, _ = ddp_run
     ranks = [json.loads((base / "probe" / f"rank{r}.json").read_text()) for r in (0, 1)]
-    client, runs = _runs(base)
-    logged = _history(client, runs[0].info.run_id, "val/sdr")
+    client, runs = store_runs(base)
+    logged = metric_history(client, runs[0].info.run_id, "val/sdr")
     assert len(logged) == EPOCHS
     for epoch in range(EPOCHS):
         shards = [r["val"][str(epoch)] for r in ranks]
@@ -123,7 +83,7 @@ def test_validation_sdr_is_the_mean_over_both_ranks_shards(ddp_run):
 
 def test_rank_zero_alone_writes_one_run_and_one_set_of_checkpoints(ddp_run):
     base, _ = ddp_run
-    client, runs = _runs(base)
+    client, runs = store_runs(base)
     assert len(runs) == 1
     run = runs[0]
     assert run.info.status == "FINISHED"
@@ -139,18 +99,18 @@ def test_rank_zero_alone_writes_one_run_and_one_set_of_checkpoints(ddp_run):
 
 def test_interrupted_then_resumed_matches_the_uninterrupted_run(ddp_run, tmp_path, corpus, data_home):
     base, _ = ddp_run
-    client, runs = _runs(base)
+    client, runs = store_runs(base)
     reference = runs[0].info.run_id
 
-    stopped = _fit(tmp_path, corpus, data_home, "probe-a", interrupt_at=1)
+    stopped = fit_in_subprocess(tmp_path, corpus, data_home, "probe-a", interrupt_at=1)
     assert stopped.returncode != 0  # Ctrl-C at the start of epoch 2
-    c2, runs2 = _runs(tmp_path)
-    assert len(runs2) == 1 and len(_history(c2, runs2[0].info.run_id, "val/sdr")) == 1
+    c2, runs2 = store_runs(tmp_path)
+    assert len(runs2) == 1 and len(metric_history(c2, runs2[0].info.run_id, "val/sdr")) == 1
     assert runs2[0].info.status in ("FAILED", "KILLED")
 
-    resumed = _fit(tmp_path, corpus, data_home, "probe-b", "--resume", "last")
+    resumed = fit_in_subprocess(tmp_path, corpus, data_home, "probe-b", "--resume", "last")
     assert resumed.returncode == 0, resumed.stderr[-4000:]
-    c2, runs2 = _runs(tmp_path)
+    c2, runs2 = store_runs(tmp_path)
     assert len(runs2) == 1, "the resumed training continues the same MLflow run"
     run = runs2[0]
     assert run.info.status == "FINISHED"
@@ -159,7 +119,7 @@ def test_interrupted_then_resumed_matches_the_uninterrupted_run(ddp_run, tmp_pat
         ref = client.get_metric_history(reference, key)
         got = c2.get_metric_history(run.info.run_id, key)
         assert [m.step for m in sorted(got, key=lambda m: m.step)] == [m.step for m in sorted(ref, key=lambda m: m.step)]
-        assert _history(c2, run.info.run_id, key) == pytest.approx(_history(client, reference, key), rel=1e-6, abs=1e-7), key
+        assert metric_history(c2, run.info.run_id, key) == pytest.approx(metric_history(client, reference, key), rel=1e-6, abs=1e-7), key
     # the resumed ranks drew epoch 2's segments, as the uninterrupted ranks did
     for r in (0, 1):
         ref_probe = json.loads((base / "probe" / f"rank{r}.json").read_text())
@@ -217,6 +177,6 @@ def test_multinode_through_torchrun_two_nodes_on_loopback(tmp_path, corpus, data
     ranks = [json.loads((tmp_path / "probe" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2]
     assert not set(ranks[0]["train"]["0"]) & set(ranks[1]["train"]["0"])
-    client, runs = _runs(tmp_path)
+    client, runs = store_runs(tmp_path)
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.params["trainer.num_nodes"] == "2"
