@@ -180,3 +180,23 @@ def test_multinode_through_torchrun_two_nodes_on_loopback(tmp_path, corpus, data
     client, runs = store_runs(tmp_path)
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.params["trainer.num_nodes"] == "2"
+
+
+FAMILIES = sorted(p.stem for p in (REPO / "conf" / "model").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("model", FAMILIES)
+def test_every_family_trains_under_ddp(model, tmp_path, corpus, data_home):
+    """Each family, one epoch on two gloo processes: the ranks end with the same weights (gradients are
+    averaged; NMF sums its multiplicative updates' statistics over the ranks), and the logged validation SDR
+    is the mean over both shards (the input-optimising families validate every epoch here)."""
+    proc = fit_in_subprocess(tmp_path, corpus, data_home, "probe", "--trainer.check_val_every_n_epoch", "1",
+                             model=model, epochs=1)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [json.loads((tmp_path / "probe" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["weights"]["0"] == ranks[1]["weights"]["0"]
+    assert not set(ranks[0]["train"]["0"]) & set(ranks[1]["train"]["0"])
+    client, runs = store_runs(tmp_path)
+    (logged,) = metric_history(client, runs[0].info.run_id, "val/sdr")
+    values = [v for r in ranks for item in r["val"]["0"] for v, a in zip(item["sdr"], item["active"]) if a]
+    assert logged == pytest.approx(sum(values) / len(values), abs=1e-3)

@@ -19,7 +19,7 @@ from conftest import (
 from lightning_sep.errors import LightningSepError
 from lightning_sep.models import CCAE, NAE, NMF, RCAE
 from lightning_sep.models.autoencoders import CCAENet, NAENet
-from lightning_sep.models.losses import generalized_kl
+from lightning_sep.models.losses import KL_EPS, generalized_kl
 from lightning_sep.models.nmf import NMFBases, fit_activations
 from lightning_sep.models.source_models import complete_sources, frozen, optimise_inputs
 
@@ -179,7 +179,6 @@ def test_nmf_bases_updates_keep_unit_sum_non_negative_columns_and_learn_the_data
     _, _, x = exact_nmf(seed=1)
     torch.manual_seed(2)
     bases = NMFBases(32, 8, inner_iterations=30)
-    assert not bases.W.requires_grad
     kls = []
     for _ in range(60):
         recon, h = bases(x)
@@ -188,6 +187,33 @@ def test_nmf_bases_updates_keep_unit_sum_non_negative_columns_and_learn_the_data
         assert (bases.W >= 0).all()
         assert torch.allclose(bases.W.sum(0), torch.ones(8), atol=1e-5)
     assert kls[-1] < 0.2 * kls[0], kls  # measured: 0.012 -> 0.0006
+    assert bases.W.grad is None  # learned by the updates alone
+
+
+def test_nmf_update_with_statistics_summed_over_ranks_is_the_update_of_the_whole_batch():
+    """DDP: two ranks with half a batch each, their statistics summed (``reduce``), take the same update
+    as one process with the whole batch."""
+    _, _, x = exact_nmf(seed=3)
+    torch.manual_seed(4)
+    whole = NMFBases(32, 8, inner_iterations=10)
+    halves = [NMFBases(32, 8, inner_iterations=10) for _ in range(2)]
+    for b in halves:
+        b.load_state_dict(whole.state_dict())
+    parts = x.chunk(2)
+    _, h = whole(x)
+    hs = [b(part)[1] for b, part in zip(halves, parts)]
+    whole.update_bases(x, h)
+
+    def statistics(w, part, h):  # the update's numerator and denominator (NMFBases.update_bases)
+        ratio = part / (torch.einsum("fk,bkt->bft", w, h) + KL_EPS)
+        return [torch.einsum("bft,bkt->fk", ratio, h), h.sum(dim=(0, 2)).unsqueeze(0)]
+
+    stats = [statistics(b.W.detach().clone(), part, hh) for b, part, hh in zip(halves, parts, hs)]
+    for rank, (b, part, hh) in enumerate(zip(halves, parts, hs)):
+        others = iter(stats[1 - rank])  # what strategy.reduce(t, "sum") adds on this rank: the other's share
+        b.update_bases(part, hh, reduce=lambda t: t + next(others))
+    assert torch.allclose(halves[0].W, halves[1].W, atol=1e-6)
+    assert torch.allclose(halves[0].W, whole.W, rtol=1e-4, atol=1e-6)
 
 
 # -- every family on the easy case ---------------------------------------------------------------------------------

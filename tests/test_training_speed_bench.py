@@ -52,6 +52,8 @@ def test_three_loops_train_on_the_same_batches_and_the_table_reports_them(corpus
     assert result["threads"] == torch.get_num_threads()
     assert result["peak_rss_mb"] > 100  # torch alone is more
     assert result["loader_ms"] > 0
+    assert all(share > 0 for share in result["cpu_share"].values())
+    assert 0 <= result["undisturbed"] <= 1
 
     table = ts.format_table([result, {"family": "nmf", "error": "RuntimeError: boom"}], s)
     lines = table.splitlines()
@@ -62,7 +64,8 @@ def test_three_loops_train_on_the_same_batches_and_the_table_reports_them(corpus
     assert row[1] == "16" and row[4] == f"{result['ratio']:.2f}"
     assert float(row[2].replace(",", "")) == pytest.approx(result["fps"]["datamodule"], abs=0.5)
     assert row[6] == f"{100 * result['overhead']:+.1f} %"
-    assert row[-1] == f"{result['loader_ms']:.1f}"
+    assert row[-2] == f"{result['loader_ms']:.1f}"
+    assert row[-1].startswith(f"{100 * result['undisturbed']:.0f} %")
     assert "failed: RuntimeError: boom" in cells["nmf"][1]
 
 

@@ -17,7 +17,7 @@ the multiplicative updates of the generalised KL divergence (Lee & Seung 2001)::
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -27,14 +27,20 @@ from lightning_sep.models.source_models import SourceModels
 
 
 class NMFBases(nn.Module):
-    """One source's bases ``W`` (``F x K``, columns of unit sum), learned by multiplicative updates
-    (not by gradients: the parameter does not require a gradient).  ``forward`` fits activations
-    to ``X`` ``(B, F, T)`` and returns ``(W H, H)`` like the autoencoders."""
+    """One source's bases ``W`` (``F x K``, columns of unit sum), learned by multiplicative updates,
+    not by gradients.  ``forward`` fits activations to ``X`` ``(B, F, T)`` and returns ``(W H, H)``
+    like the autoencoders.
+
+    ``W`` is a parameter that formally requires a gradient only because DDP refuses to wrap a module
+    without one; no gradient is ever computed for it (:meth:`NMF.training_step` runs without autograd,
+    and the optimiser's learning rate is 0).  Under DDP the update's statistics are summed over the
+    ranks (``reduce``), so every rank takes the update of the whole distributed batch and the bases
+    stay identical on all of them."""
 
     def __init__(self, n_bins: int, rank: int, inner_iterations: int = 20, sparsity: float = 0.0):
         super().__init__()
         w = torch.rand(n_bins, rank) + 0.1
-        self.W = nn.Parameter(w / w.sum(0, keepdim=True), requires_grad=False)
+        self.W = nn.Parameter(w / w.sum(0, keepdim=True))
         self.inner_iterations, self.sparsity = int(inner_iterations), float(sparsity)
 
     def bases(self) -> list[Tensor]:
@@ -45,13 +51,18 @@ class NMFBases(nn.Module):
         return torch.einsum("fk,bkt->bft", self.W, h), h
 
     @torch.no_grad()
-    def update_bases(self, x: Tensor, h: Tensor) -> None:
-        """One multiplicative update of ``W`` from magnitudes ``x`` ``(B, F, T)`` and their activations."""
+    def update_bases(self, x: Tensor, h: Tensor, reduce: Optional[Callable[[Tensor], Tensor]] = None) -> None:
+        """One multiplicative update of ``W`` from magnitudes ``x`` ``(B, F, T)`` and their activations.
+
+        The numerator ``(X / WH) H^T`` and denominator ``1 H^T`` are sums over the batch; ``reduce``
+        (the strategy's sum over DDP ranks) makes them the sums over every rank's batch."""
         w = self.W
         ratio = x / (torch.einsum("fk,bkt->bft", w, h) + KL_EPS)
         num = torch.einsum("bft,bkt->fk", ratio, h)
-        den = h.sum(dim=(0, 2)).unsqueeze(0) + KL_EPS
-        w = w * num / den
+        den = h.sum(dim=(0, 2)).unsqueeze(0)
+        if reduce is not None:
+            num, den = reduce(num), reduce(den)
+        w = w * num / (den + KL_EPS)
         self.W.copy_(w / (w.sum(0, keepdim=True) + KL_EPS))
 
 
@@ -90,6 +101,7 @@ class NMF(SourceModels):
     def build_model(self, n_bins: int) -> nn.Module:
         return NMFBases(n_bins, self.hparams.rank, self.inner_iterations, self.hparams.sparsity_activations)
 
+    @torch.no_grad()
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         _, sources = self.source_signals(batch)
         mags = self.source_magnitudes(sources)
@@ -99,12 +111,16 @@ class NMF(SourceModels):
             x = mags[:, j]
             recon, h = model(x)
             total = total + generalized_kl(x, recon)
-            model.update_bases(x, h)
+            model.update_bases(x, h, reduce=self._sum_over_ranks)
         self.optimizers().step()  # changes nothing (see configure_optimizers); Lightning counts the update
         loss = total  # summed over sources, as SourceModels.reconstruction_loss (validation)
         self.check_finite(loss, "the magnitudes may hold NaN or inf")
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(sources))
         return loss
+
+    def _sum_over_ranks(self, t: Tensor) -> Tensor:
+        """The sum of ``t`` over the DDP ranks (Lightning's strategy; ``t`` itself on one process)."""
+        return self.trainer.strategy.reduce(t, reduce_op="sum")
 
     def configure_optimizers(self) -> Any:
         """The updates are multiplicative (:meth:`training_step`); an optimiser that changes nothing
