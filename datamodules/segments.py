@@ -71,6 +71,13 @@ class StemItem:
         self.rows = [int(r) for r in rows]
         self.complement = [bool(c) for c in (complement or [False] * len(self.rows))]
 
+    def compact(self) -> tuple[list[int], "StemItem"]:
+        """The rows this item reads (the mixture first), and the same item on an array of only those
+        rows: a vocals segment of a MUSDB track then copies 2 of its 5 rows (``make bench``: the
+        loader's share of a training step)."""
+        used = sorted({0, *self.rows})
+        return used, StemItem([used.index(r) for r in self.rows], self.complement)
+
     def __call__(self, stems: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         mixture = stems[0]
         out = [mixture - stems[r] if c else stems[r] for r, c in zip(self.rows, self.complement)]
@@ -86,11 +93,18 @@ def crop(x: np.ndarray, offset: int, length: int) -> np.ndarray:
     return seg
 
 
-def segment(a: np.ndarray, rows: slice | int, channel: Optional[int], offset: int, length: int) -> np.ndarray:
+def segment(a: np.ndarray, rows: slice | int | list[int], channel: Optional[int], offset: int, length: int) -> np.ndarray:
     """Row(s) of a track, one channel (``channel``) or the channel average (``None``)."""
+    if isinstance(rows, list):  # only these rows' samples are read (fancy indexing would copy whole rows)
+        return np.stack([segment(a, r, channel, offset, length) for r in rows])
     if channel is None:
         return crop(a[rows], offset, length).mean(axis=-2)
     return crop(a[rows, channel], offset, length)
+
+
+def compact(item: ItemFn) -> tuple[slice | list[int], ItemFn]:
+    """``item.compact()`` where the item has it (:class:`StemItem`), else every row."""
+    return item.compact() if isinstance(item, StemItem) else (slice(None), item)
 
 
 def centred_offsets(n: int, length: int, k: int) -> list[int]:
@@ -139,6 +153,7 @@ class TrainSegments(Dataset):
         self.length, self.samples_per_track = int(segment_samples), int(samples_per_track)
         self.mono, self.seed = bool(mono), int(seed)
         self.remix_rows = list(remix_rows) if remix_rows else None
+        self.rows, self.row_item = compact(item)  # without remixing: only the rows the item reads
 
     def __len__(self) -> int:
         return len(self.tracks) * self.samples_per_track
@@ -154,18 +169,17 @@ class TrainSegments(Dataset):
         if self.remix_rows is None:
             t = i // self.samples_per_track
             channel, offset = self._draw(rng, t)
-            stems = segment(self.tracks.array(t), slice(None), channel, offset, self.length)
-        else:
-            sources = []
-            for row in self.remix_rows:
-                t = int(rng.integers(len(self.tracks)))
-                channel, offset = self._draw(rng, t)
-                sources.append(segment(self.tracks.array(t), row, channel, offset, self.length))
-            rows = int(self.tracks.array(0).shape[0])
-            stems = np.zeros((rows, self.length), dtype=np.float32)
-            for row, audio in zip(self.remix_rows, sources):
-                stems[row] = audio
-            stems[0] = np.sum(sources, axis=0)
+            return self.row_item(segment(self.tracks.array(t), self.rows, channel, offset, self.length))
+        sources = []
+        for row in self.remix_rows:
+            t = int(rng.integers(len(self.tracks)))
+            channel, offset = self._draw(rng, t)
+            sources.append(segment(self.tracks.array(t), row, channel, offset, self.length))
+        rows = int(self.tracks.array(0).shape[0])
+        stems = np.zeros((rows, self.length), dtype=np.float32)
+        for row, audio in zip(self.remix_rows, sources):
+            stems[row] = audio
+        stems[0] = np.sum(sources, axis=0)
         return self.item(stems)
 
 
@@ -179,7 +193,8 @@ class FixedSegments(Dataset):
         self, tracks: Tracks, item: ItemFn, segment_samples: Optional[int], segments_per_track: int,
         mono: bool, warn_short: bool = True,
     ):
-        self.tracks, self.item, self.mono = tracks, item, bool(mono)
+        self.tracks, self.mono = tracks, bool(mono)
+        self.rows, self.item = compact(item)
         self.length = None if segment_samples is None else int(segment_samples)
         self.items: list[tuple[int, Optional[int], int]] = []  # (track, channel, offset)
         for t, (name, n) in enumerate(zip(tracks.names, tracks.lengths)):
@@ -199,4 +214,4 @@ class FixedSegments(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         t, channel, offset = self.items[index]
         length = self.tracks.lengths[t] if self.length is None else self.length
-        return self.item(segment(self.tracks.array(t), slice(None), channel, offset, length))
+        return self.item(segment(self.tracks.array(t), self.rows, channel, offset, length))
