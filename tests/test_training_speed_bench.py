@@ -42,8 +42,9 @@ def test_three_loops_train_on_the_same_batches_and_the_table_reports_them(corpus
     for loop in ts.LOOPS:
         assert result["counts"][loop]["batches"] == STEPS
         assert result["counts"][loop]["frames"] == frames
-        assert len(result["step_seconds"][loop]) == STEPS * REPEATS
-        assert all(t > 0 for t in result["step_seconds"][loop])
+        assert [len(run) for run in result["step_seconds"][loop]] == [STEPS] * REPEATS
+        assert all(t > 0 for run in result["step_seconds"][loop] for t in run)
+        assert all(share > 0 for run in result["cpu_shares"][loop] for share in run)
         assert result["fps"][loop] > 0
         assert result["fps"][loop] == pytest.approx(frames / result["seconds"][loop])
         assert result["weights_changed"][loop], f"{loop}: the weights did not change: nothing was trained"
@@ -52,7 +53,6 @@ def test_three_loops_train_on_the_same_batches_and_the_table_reports_them(corpus
     assert result["threads"] == torch.get_num_threads()
     assert result["peak_rss_mb"] > 100  # torch alone is more
     assert result["loader_ms"] > 0
-    assert all(share > 0 for share in result["cpu_share"].values())
     assert 0 <= result["undisturbed"] <= 1
 
     table = ts.format_table([result, {"family": "nmf", "error": "RuntimeError: boom"}], s)
@@ -97,7 +97,18 @@ def test_command_writes_the_table(corpus, tmp_path, capsys):
     """The command: one fresh process per family, the table printed and written to --out."""
     out = tmp_path / "speed.md"
     ts.main(["--families", "skipfilter", "--warmup", "1", "--steps", "1", "--repeats", "1",
-             "--threads", str(torch.get_num_threads()), "--data", json.dumps(corpus), "--out", str(out)])
+             "--threads", str(torch.get_num_threads()), "--data", json.dumps(corpus), "--out", str(out),
+             "--json", str(tmp_path / "speed.json")])
     text = Path(out).read_text()
     assert "| skipfilter | 16 |" in text and "failed" not in text
     assert "| skipfilter | 16 |" in capsys.readouterr().out
+    (result,) = json.loads((tmp_path / "speed.json").read_text())["results"]
+    assert result["family"] == "skipfilter" and result["counts"]["bare"]["frames"] == 16 * 128
+
+
+def test_run_time_counts_the_fastest_undisturbed_run():
+    runs = [[1.0, 1.0, 1.2, 1.0], [0.5, 0.6, 0.5, 0.5], [0.8, 0.8, 0.8, 0.8]]
+    calm = [[0.9] * 4, [0.9, 0.3, 0.3, 0.3], [0.95] * 4]  # the fast run got too little CPU: disturbed
+    assert ts.run_time(runs, calm) == (0.8, True)
+    assert ts.run_time(runs, None) == (0.5, True)
+    assert ts.run_time(runs, [[0.1] * 4] * 3) == (0.5, False)  # nothing undisturbed: all count, flagged

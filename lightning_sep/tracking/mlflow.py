@@ -189,10 +189,11 @@ class MLflowSaveConfig(SaveConfigCallback):
                   if not k.startswith("trainer.callbacks") and k not in _RUN_CONTROL}
         text = yaml.safe_dump(redact(resolved), sort_keys=False)
         if logger.resumed:  # MLflow refuses to change a logged param: keep the first, record what changed
-            before = logger.experiment.get_run(logger.run_id).data.params
+            run = logger.experiment.get_run(logger.run_id).data
+            before = run.params
             params = {k: v for k, v in redact(params).items() if k not in before}
             changed = sorted(k for k, v in _flatten(redact(resolved)).items() if k in before and str(v) != before[k])
-            resumes = int(logger.experiment.get_run(logger.run_id).data.tags.get("resume.count", "0")) + 1
+            resumes = int(run.tags.get("resume.count", "0")) + 1
             logger.set_tags({"resume.count": resumes, f"resume.{resumes}.from": resolved.get("ckpt_path") or "",
                              f"resume.{resumes}.changed": ",".join(changed)})
             logger.log_text(text, f"resume/config-{resumes}.yaml")
