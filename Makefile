@@ -50,7 +50,7 @@ MODEL_ARGS = $(if $(CKPT),--ckpt '$(CKPT)') $(if $(RUN_ID),--run-id $(RUN_ID)) -
 # make confidence: MODEL defaults to vae (the family whose separation records a posterior variance)
 CONFIDENCE_MODEL_FLAG = $(if $(filter command line environment,$(origin MODEL)),--model $(MODEL),$(if $(CKPT)$(RUN_ID),,--model vae))
 
-.PHONY: help setup ffmpeg train tune tune-dashboard eval reproduce eval-references separate confidence bench test test-fast ui configs clean-data
+.PHONY: help setup ffmpeg train tune tune-dashboard eval reproduce eval-references separate confidence analyze bench test test-fast ui configs clean-data
 
 help: ## List the targets and variables
 	@echo "Usage: make <target> [MODEL=$(MODEL)] [DATA=$(DATA)] [TRAINER=$(TRAINER)] [ARGS='...']"
@@ -62,6 +62,7 @@ help: ## List the targets and variables
 	@echo "           ARGS (extra lightning-sep arguments), MUSDB_ROOT / TIMIT_ROOT (real data; unset = embedded corpora)"
 	@echo "           eval/separate: CKPT, RUN_ID (default: latest finished run of MODEL), WIENER (EM iterations),"
 	@echo "           EVAL_WORKERS (museval processes), IN (files to separate), OUT (default separated/)"
+	@echo "           analyze: MODEL (one or more of dae mss_dae skipfilter), CKPT, RUN_ID; ARGS e.g. '--max-segments 0 --iterations 600'"
 	@echo "           confidence: MODEL (vae|deep_vae, default vae), DATA (timit_ten_speakers|timit),"
 	@echo "           SNRS (input SNRs in dB, default \"$(SNRS)\")"
 	@echo "           tune: N_TRIALS (the study's total, default $(N_TRIALS)), STUDY (default <MODEL>-<DATA>; same name resumes),"
@@ -115,6 +116,10 @@ separate: setup ## Separate IN='song.wav ...' with MODEL (or CKPT/RUN_ID) into O
 
 confidence: setup ## The VAE's posterior variance against the input SNR (paper Fig. 5): MODEL=vae DATA=timit_ten_speakers SNRS="..."
 	$(BIN)/lightning-sep confidence $(CONFIDENCE_MODEL_FLAG) --data $(DATA) $(MODEL_ARGS) --snrs $(SNRS) $(ARGS)
+
+analyze: setup ## Neural couplings analysis (NCA, TOD-R, paper Tables 1-3, heatmaps) of MODEL="dae mss_dae skipfilter" (or CKPT/RUN_ID)
+	$(BIN)/lightning-sep analyze $(if $(filter command line environment,$(origin MODEL)),--model $(MODEL),$(if $(CKPT)$(RUN_ID),,--model $(MODEL))) \
+	  --data $(DATA) $(if $(CKPT),--ckpt '$(CKPT)') $(if $(RUN_ID),--run-id $(RUN_ID)) $(ARGS)
 
 bench: setup ## Benchmarks for BENCHMARKS.md (eval wall time per worker count, separation speed, speech metrics, tune trials/hour, training frames/s per family)
 	$(BIN)/python -m lightning_sep.benchmarks.eval_speed $(ARGS)

@@ -6,7 +6,8 @@ chosen by ``class_path`` (subclass mode), the front end and the targets are link
 DataModule into the model, every run is tracked in MLflow, and ``--print_config`` prints a config
 that reproduces the run.
 
-Four more subcommands are plain argparse programs: ``lightning-sep tune`` (an Optuna study,
+Five more subcommands are plain argparse programs: ``lightning-sep analyze`` (the neural couplings
+analysis, :mod:`lightning_sep.analysis.nca`), ``lightning-sep tune`` (an Optuna study,
 :mod:`lightning_sep.tuning.study`), ``lightning-sep eval`` (museval scores on the
 MUSDB18 test set, :mod:`lightning_sep.evaluation.evaluate`), ``lightning-sep separate`` (wav
 files per target, :mod:`lightning_sep.separation.separate`) and ``lightning-sep confidence`` (the
@@ -256,6 +257,57 @@ def tune_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def analyze_parser() -> argparse.ArgumentParser:
+    from lightning_sep.analysis.nca import NCA_FAMILIES, AnalyzeSettings
+
+    d = AnalyzeSettings()
+    parser = argparse.ArgumentParser(
+        prog="lightning-sep analyze",
+        description="The neural couplings analysis (paper dae-skipfilter-nca-mimilakis Sec. 3-5) of trained "
+        + ", ".join(NCA_FAMILIES) + " models on the MUSDB18 test tracks (MUSDB_ROOT, else the embedded corpus): "
+        "student and compositional couplings matrices fitted on every batch of adjacent frames where all stems are "
+        "active, the linear-composition and identity baselines, TOD-R and SNRs (Tables 1-3 as CSV and Markdown), "
+        "heatmaps of the couplings matrices; logged to each model's MLflow run under nca/.",
+    )
+    which = parser.add_argument_group("which model (default: the best checkpoint of the latest finished run of --model)")
+    which.add_argument("--model", nargs="+", help="one or more of " + ", ".join(NCA_FAMILIES) + " (MODEL=\"dae mss_dae skipfilter\")")
+    which.add_argument("--ckpt", help="a checkpoint file (.ckpt)")
+    which.add_argument("--run-id", help="an MLflow run id: its best checkpoint")
+    which.add_argument("--trust-checkpoint", action="store_true",
+                       help="load the checkpoint with full unpickling (only for files you trust; default: weights only)")
+    nca = parser.add_argument_group("the analysis")
+    nca.add_argument("--segment-seconds", type=float, default=d.segment_seconds,
+                     help=f"T adjacent frames per batch, in seconds (default {d.segment_seconds}, the paper's)")
+    nca.add_argument("--max-segments", type=int, default=d.max_segments,
+                     help=f"at most this many active batches per track, evenly spread (default {d.max_segments}; 0 = every one)")
+    nca.add_argument("--threshold-db", type=float, default=d.threshold_db,
+                     help=f"a stem is active in a frame within this many dB of its loudest frame (default {d.threshold_db:g})")
+    nca.add_argument("--active-fraction", type=float, default=d.active_fraction,
+                     help=f"keep a batch when every stem is active in this fraction of its frames (default {d.active_fraction:g})")
+    nca.add_argument("--iterations", type=int, default=d.iterations,
+                     help=f"Adam iterations per batch and strategy (default {d.iterations}, the authors' code)")
+    nca.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate (default {d.lr:g}, the paper's)")
+    nca.add_argument("--zoom-bins", type=int, default=d.zoom_bins, help=f"bins in the zoomed heatmaps (default {d.zoom_bins})")
+    nca.add_argument("--seed", type=int, default=d.seed, help=f"seed of the couplings' initialisation (default {d.seed})")
+    nca.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, ...")
+    nca.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    data = parser.add_argument_group("data and results")
+    data.add_argument("--data", default="musdb", help="conf/data/<name>.yaml with MUSDB18-format tracks (default musdb)")
+    data.add_argument("--root", help="dataset folder (default: MUSDB_ROOT, else the embedded corpus)")
+    data.add_argument("--tracks", nargs="+", metavar="NAME", help="only these test tracks")
+    data.add_argument("--out", help="results folder (default: mlruns/analysis beside the MLflow store)")
+    data.add_argument("--overwrite", action="store_true", help="discard an analysis with other settings in the results folder")
+    data.add_argument("--no-mlflow", dest="log_mlflow", action="store_false", help="do not log to MLflow")
+    data.add_argument("--experiment", default="lightning-sep", help="MLflow experiment of the training runs")
+    return parser
+
+
+def run_analyze(argv: list[str]):
+    from lightning_sep.analysis.nca import AnalyzeSettings, analyze
+
+    return analyze(AnalyzeSettings(**vars(analyze_parser().parse_args(argv))))
+
+
 def run_tune(argv: list[str]):
     from lightning_sep.tuning.study import TuneSettings, tune
 
@@ -282,7 +334,7 @@ def run_separate(argv: list[str]):
     return separate_files(**vars(separate_parser().parse_args(argv)))
 
 
-_COMMANDS = {"eval": run_eval, "separate": run_separate, "confidence": run_confidence, "tune": run_tune}
+_COMMANDS = {"analyze": run_analyze, "eval": run_eval, "separate": run_separate, "confidence": run_confidence, "tune": run_tune}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -141,6 +141,15 @@ def train_tiny_skipfilter(base: Path, data_home: Path, n_test: int = 1):
     For module-scoped fixtures (the per-test stores of :func:`_isolated_environment` are empty).
     Returns ``SimpleNamespace(uri, corpus, run_id, ckpt, base)``; ``ckpt`` is the best checkpoint.
     """
+    return train_tiny(base, data_home, "skipfilter", n_test=n_test)
+
+
+def train_tiny(base: Path, data_home: Path, model: str, *extra: str, n_test: int = 1, seconds: float = 3.0):
+    """A real one-epoch ``lightning-sep fit`` of ``model`` on a tiny MUSDB18-HQ corpus (``base/corpus``, made
+    once), in the MLflow store ``base/mlruns`` (several models may share it); ``extra`` CLI arguments.
+
+    Returns ``SimpleNamespace(uri, corpus, run_id, ckpt, base)``; ``ckpt`` is the best checkpoint.
+    """
     from types import SimpleNamespace
 
     from mlflow.tracking import MlflowClient
@@ -148,22 +157,24 @@ def train_tiny_skipfilter(base: Path, data_home: Path, n_test: int = 1):
     from lightning_sep.cli import main
 
     corpus = base / "corpus"
-    make_wav_corpus(corpus, n_train=3, n_test=n_test, seconds=3.0)
-    (base / "mlruns").mkdir()
+    if not corpus.is_dir():
+        make_wav_corpus(corpus, n_train=3, n_test=n_test, seconds=seconds)
+    (base / "mlruns").mkdir(exist_ok=True)
     uri = f"sqlite:///{base / 'mlruns' / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LIGHTNING_SEP_DATA", str(data_home))
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         mp.delenv("MUSDB_ROOT", raising=False)
         mp.chdir(base)
-        rc = main(["fit", *config_args("skipfilter"), "--data.root", str(corpus), "--data.cache_dir", str(base / "cache"),
+        rc = main(["fit", *config_args(model), "--data.root", str(corpus), "--data.cache_dir", str(base / "cache"),
                    "--trainer.max_epochs", "1", "--data.samples_per_track", "2", "--data.val_segments_per_track", "1",
                    "--data.val_segment_frames", "128", "--trainer.enable_progress_bar", "false",
-                   "--trainer.enable_model_summary", "false"])
+                   "--trainer.enable_model_summary", "false", *extra])
     assert rc == 0
     client = MlflowClient(uri)
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    assert len(runs) == 1 and runs[0].data.tags["model.family"] == "skipfilter"
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              filter_string=f"tags.`model.family` = '{model}'", order_by=["attributes.start_time DESC"])
+    assert runs and runs[0].data.tags["model.family"] == model
     ckpt = Path(runs[0].data.tags["checkpoint.best"])
     assert ckpt.is_file() and ckpt.parent.name == "checkpoints"
     return SimpleNamespace(uri=uri, corpus=corpus, run_id=runs[0].info.run_id, ckpt=ckpt, base=base)

@@ -135,6 +135,16 @@ def load_datamodule(name: str, root: Optional[str] = None, overrides: Optional[d
     return datamodule
 
 
+def select_tracks(names: Sequence[str], wanted: Optional[Sequence[str]]) -> list[str]:
+    """The test tracks ``wanted`` (``--tracks``), in the data's order; all of ``names`` when None; an unknown
+    name is an error that lists the tracks."""
+    names = list(names)
+    for name in wanted or []:
+        if name not in names:
+            raise UnknownNameError("test track", name, names)
+    return [n for n in names if n in wanted] if wanted else names
+
+
 def resolve_device(device: str) -> str:
     import torch
 
@@ -259,12 +269,7 @@ def evaluate(settings: EvalSettings) -> EvalResult:
             "vocals (+ accompaniment = mixture - vocals) or drums, bass, other, vocals."
         )
 
-    names = list(tracks.names)
-    if settings.tracks:
-        for name in settings.tracks:
-            if name not in names:
-                raise UnknownNameError("test track", name, names)
-        names = [n for n in names if n in settings.tracks]
+    names = select_tracks(tracks.names, settings.tracks)
 
     out_root = Path(settings.out).expanduser() if settings.out else default_out_root()
     folder = out_root / datamodule.dataset_name / label
