@@ -265,9 +265,9 @@ def analyze_parser() -> argparse.ArgumentParser:
         prog="lightning-sep analyze",
         description="The neural couplings analysis (paper dae-skipfilter-nca-mimilakis Sec. 3-5) of trained "
         + ", ".join(NCA_FAMILIES) + " models on the MUSDB18 test tracks (MUSDB_ROOT, else the embedded corpus): "
-        "student and compositional couplings matrices fitted on every batch of adjacent frames where all stems are "
-        "active, the linear-composition and identity baselines, TOD-R and SNRs (Tables 1-3 as CSV and Markdown), "
-        "heatmaps of the couplings matrices; logged to each model's MLflow run under nca/.",
+        "student and compositional couplings matrices fitted on batches of adjacent frames where all stems are "
+        "active (up to --max-segments per track), the linear-composition and identity baselines, TOD-R and SNRs "
+        "(Tables 1-3 as CSV and Markdown), heatmaps of the couplings matrices; logged to each model's MLflow run under nca/.",
     )
     which = parser.add_argument_group("which model (default: the best checkpoint of the latest finished run of --model)")
     which.add_argument("--model", nargs="+", help="one or more of " + ", ".join(NCA_FAMILIES) + " (MODEL=\"dae mss_dae skipfilter\")")
