@@ -4,16 +4,3 @@
   linear-composition baseline and the TOD-R (paper ``dae-skipfilter-nca-mimilakis`` Sec. 3-4);
 * :mod:`~lightning_sep.analysis.nca` -- the job: active test batches, Tables 1-3, heatmaps, MLflow.
 """
-
-from lightning_sep.analysis.couplings import (
-    CompositionalCouplings,
-    StudentCouplings,
-    coupled_layers,
-    fit_couplings,
-    linear_composition,
-    snr_db,
-    tod_ratio,
-)
-
-__all__ = ["CompositionalCouplings", "StudentCouplings", "coupled_layers", "fit_couplings", "linear_composition",
-           "snr_db", "tod_ratio"]

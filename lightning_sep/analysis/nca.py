@@ -268,14 +268,7 @@ def _prepare(settings: AnalyzeSettings, model_name: Optional[str], datamodule: A
     if resolved.family not in NCA_FAMILIES:
         raise _not_covered(resolved.family)
     model = load_model(resolved, device=device, trust_checkpoint=settings.trust_checkpoint)
-    networks = getattr(model, "networks", None)
-    if networks is None:
-        raise _not_covered(resolved.family)
-    if int(getattr(model.hparams, "context_frames", 0) or 0):
-        raise LightningSepError(
-            f"{resolved.path} (MODEL={resolved.family}) sees {model.hparams.context_frames} context frames each side: "
-            "the NCA maps one N-bin frame to one (paper Sec. 3); analyse a model trained with context_frames: 0.")
-    layers = {t: coupled_layers(networks[t], resolved.family) for t in model.targets}
+    layers = {t: coupled_layers(model.networks[t], resolved.family) for t in model.targets}  # square N -> N only
     front_end = model.front_end
     if front_end.sample_rate != int(datamodule.sample_rate):
         raise LightningSepError(
@@ -306,17 +299,17 @@ def _run(settings: AnalyzeSettings, job: _Job, tracks: Any, device: str) -> Anal
 
     from lightning_sep.evaluation import evaluate as ev
 
-    model, resolved, layers, names, frames, folder, manifest = (
-        job.model, job.resolved, job.layers, job.names, job.frames, job.folder, job.manifest)
+    model, resolved, names, frames, folder, manifest = job.model, job.resolved, job.names, job.frames, job.folder, job.manifest
     label, dataset = resolved.label, manifest["settings"]["dataset"]
     print(f"NCA of {resolved.path} (MODEL={resolved.family}, run {resolved.run_id or 'not in MLflow'}): "
           f"{len(names)} test track(s), batches of {frames} frames, {settings.iterations} Adam iterations per strategy",
           flush=True)
     track_dir = folder / "tracks"
     with ev.exclusive(folder):
-        _discard_other_settings(folder, manifest, settings.overwrite)
+        # per-track results of other settings are never mixed in: stop, or with --overwrite discard them
+        ev.check_manifest(folder, manifest, settings.overwrite, results=("tracks",), command="make analyze")
         track_dir.mkdir(exist_ok=True)
-        linear = {t: linear_composition(layers[t].weights) for t in model.targets}
+        linear = {t: linear_composition(job.layers[t].weights) for t in model.targets}
         index = {n: i for i, n in enumerate(tracks.names)}
         bar = tqdm(names, desc=f"NCA {label}", unit="track", disable=None if settings.progress else True)
         for name in bar:
@@ -324,7 +317,7 @@ def _run(settings: AnalyzeSettings, job: _Job, tracks: Any, device: str) -> Anal
             if path.is_file():
                 continue  # finished by an earlier run with these settings
             began = time.monotonic()
-            rows, sums, counts = _analyze_track(tracks.array(index[name]), model, layers, linear, frames, settings,
+            rows, sums, counts = _analyze_track(tracks.array(index[name]), model, job.layers, linear, frames, settings,
                                                 device, name, lambda text: bar.set_postfix_str(text, refresh=True))
             buf = io.BytesIO()
             np.savez(buf, rows=json.dumps(rows), counts=json.dumps(counts),
@@ -357,22 +350,6 @@ def _run(settings: AnalyzeSettings, job: _Job, tracks: Any, device: str) -> Anal
         manifest["batches"] = counts
         atomic_write_text(folder / "manifest.json", json.dumps(manifest, indent=2, default=str))
     return AnalysisResult(label, folder, segments, summary, run_id=resolved.run_id)
-
-
-def _discard_other_settings(folder: Path, manifest: dict[str, Any], overwrite: bool) -> None:
-    """Per-track results of other settings are never mixed in: stop, or with --overwrite discard them."""
-    path, old = folder / "manifest.json", None
-    if path.is_file():
-        with contextlib.suppress(ValueError, OSError):
-            old = json.loads(path.read_text())
-    if old is None or old.get("settings_hash") != manifest["settings_hash"]:
-        if old is not None and not overwrite:
-            changed = sorted(k for k, v in manifest["settings"].items() if old.get("settings", {}).get(k) != v)
-            raise LightningSepError(
-                f"{folder} holds an analysis with other settings ({', '.join(changed) or 'unknown'} changed). Pass "
-                "--overwrite (make analyze ARGS=--overwrite) to discard it, or --out another folder.")
-        shutil.rmtree(folder / "tracks", ignore_errors=True)
-    atomic_write_text(path, json.dumps(manifest, indent=2, default=str))
 
 
 def _analyze_track(array: np.ndarray, model: Any, layers: dict[str, CoupledLayers], linear: dict[str, Any], frames: int,
@@ -412,7 +389,7 @@ def _analyze_track(array: np.ndarray, model: Any, layers: dict[str, CoupledLayer
                 rows.append({"track": name, "start_s": round(start * hop_s, 3), "target": t, **r})
             for m, c in matrices.items():
                 key = (t, m)
-                sums[key] = c.detach().cpu().double() + (sums[key] if key in sums else 0)
+                sums[key] = sums.get(key, 0) + c.detach().cpu().double()
             counts[t] += 1
     return rows, sums, counts
 
@@ -431,7 +408,7 @@ def _collect(track_dir: Path, names: Sequence[str]) -> tuple[list[dict], dict, d
             for key in z.files:
                 if "/" in key:
                     t, m = key.split("/")
-                    sums[(t, m)] = torch.as_tensor(z[key]) + (sums[(t, m)] if (t, m) in sums else 0)
+                    sums[(t, m)] = sums.get((t, m), 0) + torch.as_tensor(z[key])
     return rows, sums, counts
 
 

@@ -176,8 +176,10 @@ def settings_hash(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def check_manifest(folder: Path, manifest: dict[str, Any], overwrite: bool) -> None:
-    """Results in ``folder`` must come from the same settings; else stop (or discard with overwrite)."""
+def check_manifest(folder: Path, manifest: dict[str, Any], overwrite: bool, results: Sequence[str] = ("test", "estimates"),
+                   command: str = "make eval") -> None:
+    """Results in ``folder`` (its subfolders ``results``) must come from the same settings; else stop (or discard
+    them with overwrite). ``command`` is named in the message."""
     path = folder / "manifest.json"
     if path.is_file():
         with contextlib.suppress(ValueError, OSError):
@@ -188,9 +190,9 @@ def check_manifest(folder: Path, manifest: dict[str, Any], overwrite: bool) -> N
             if not overwrite:
                 raise LightningSepError(
                     f"{folder} holds results computed with other settings ({', '.join(changed) or 'unknown'} changed). "
-                    "Pass --overwrite (make eval ARGS=--overwrite) to discard them, or --out another folder."
+                    f"Pass --overwrite ({command} ARGS=--overwrite) to discard them, or --out another folder."
                 )
-        for sub in ("test", "estimates"):
+        for sub in results:
             shutil.rmtree(folder / sub, ignore_errors=True)
     atomic_write_text(path, json.dumps(manifest, indent=2, default=str))
 
