@@ -12,7 +12,12 @@ DATA    ?= musdb
 TRAINER ?= cpu
 ARGS    ?=
 PYTEST_ARGS ?=
-UI_PORT ?= 5000
+UI_PORT ?=
+# make ui / make server: PORT (UI_PORT is its old name); HOST only from the command line (a shell's own $HOST
+# must never expose a server), default loopback
+PORT    ?= $(or $(UI_PORT),5000)
+UI_HOST := $(if $(filter command line,$(origin HOST)),$(HOST),127.0.0.1)
+SERVER_DB ?=
 CKPT    ?=
 RUN_ID  ?=
 EVAL_WORKERS ?=
@@ -50,7 +55,7 @@ MODEL_ARGS = $(if $(CKPT),--ckpt '$(CKPT)') $(if $(RUN_ID),--run-id $(RUN_ID)) -
 # make confidence: MODEL defaults to vae (the family whose separation records a posterior variance)
 CONFIDENCE_MODEL_FLAG = $(if $(filter command line environment,$(origin MODEL)),--model $(MODEL),$(if $(CKPT)$(RUN_ID),,--model vae))
 
-.PHONY: help setup ffmpeg train tune tune-dashboard eval reproduce eval-references separate confidence analyze bench test test-fast ui configs clean-data
+.PHONY: help setup ffmpeg browser train tune tune-dashboard eval reproduce eval-references separate confidence analyze compare bench test test-fast ui server configs clean-data
 
 help: ## List the targets and variables
 	@echo "Usage: make <target> [MODEL=$(MODEL)] [DATA=$(DATA)] [TRAINER=$(TRAINER)] [ARGS='...']"
@@ -63,11 +68,15 @@ help: ## List the targets and variables
 	@echo "           eval/separate: CKPT, RUN_ID (default: latest finished run of MODEL), WIENER (EM iterations),"
 	@echo "           EVAL_WORKERS (museval processes), IN (files to separate), OUT (default separated/)"
 	@echo "           analyze: MODEL (one or more of dae mss_dae skipfilter), CKPT, RUN_ID; ARGS e.g. '--max-segments 0 --iterations 600'"
+	@echo "           compare: MODEL (one or more families; default all), DATA (a conf/data name or data.dataset tag; default all);"
+	@echo "           ARGS e.g. '--all --params lr hidden_size --limit 0' (lightning-sep compare --help)"
 	@echo "           confidence: MODEL (vae|deep_vae, default vae), DATA (timit_ten_speakers|timit),"
 	@echo "           SNRS (input SNRs in dB, default \"$(SNRS)\")"
 	@echo "           tune: N_TRIALS (the study's total, default $(N_TRIALS)), STUDY (default <MODEL>-<DATA>; same name resumes),"
 	@echo "           PRUNER (median|percentile|hyperband|successive_halving|none; default conf/tune/<MODEL>.yaml's),"
 	@echo "           OPTUNA_STORAGE (SQLAlchemy URL shared by workers; default sqlite:///mlruns/optuna.db), DASHBOARD_PORT"
+	@echo "           ui/server: PORT (default 5000), HOST (default 127.0.0.1), SERVER_DB (server's SQLAlchemy URL);"
+	@echo "           MLFLOW_TRACKING_URI (default sqlite:///mlruns/mlflow.db; http://127.0.0.1:PORT = a server)"
 
 ffmpeg: ## Make sure ffmpeg and ffprobe are on PATH (Debian's package if apt and root are there)
 	@if command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null; then exit 0; fi; \
@@ -80,6 +89,18 @@ ffmpeg: ## Make sure ffmpeg and ffprobe are on PATH (Debian's package if apt and
 	  echo "ffmpeg and ffprobe are needed (the musdb package imports them, .stem.mp4 decoding uses them)."; \
 	  echo "Install them, then re-run make:  sudo apt-get install ffmpeg   (macOS: brew install ffmpeg)"; \
 	  exit 1; \
+	fi
+
+browser: ## Make sure Debian's chromium is there for the MLflow UI browser test (skipped, with a note, where it cannot be)
+	@if command -v chromium >/dev/null || [ -x /usr/bin/chromium ]; then exit 0; fi; \
+	if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  echo "Installing chromium (Debian package, for tests/test_mlflow_ui.py) ..."; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  (apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || \
+	   (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium)) || \
+	  echo "make browser: could not install chromium: the MLflow UI browser test will be skipped"; \
+	else \
+	  echo "chromium not found: the MLflow UI browser test will be skipped (install it: sudo apt-get install chromium, or sudo make browser)"; \
 	fi
 
 $(STAMP): pyproject.toml
@@ -121,6 +142,10 @@ analyze: setup ## Neural couplings analysis (NCA, TOD-R, paper Tables 1-3, heatm
 	$(BIN)/lightning-sep analyze $(if $(filter command line environment,$(origin MODEL)),--model $(MODEL),$(if $(CKPT)$(RUN_ID),,--model $(MODEL))) \
 	  --data $(DATA) $(if $(CKPT),--ckpt '$(CKPT)') $(if $(RUN_ID),--run-id $(RUN_ID)) $(ARGS)
 
+compare: setup ## MLflow runs side by side (key params, val SDR, test SDR/SIR/SAR): table, CSV, bar chart; MODEL="dae skipfilter" DATA=...
+	$(BIN)/lightning-sep compare $(if $(filter command line environment,$(origin MODEL)),--model $(MODEL)) \
+	  $(if $(filter command line environment,$(origin DATA)),--data $(DATA)) $(ARGS)
+
 bench: setup ## Benchmarks for BENCHMARKS.md (eval wall time per worker count, separation speed, speech metrics, tune trials/hour, training frames/s per family)
 	$(BIN)/python -m lightning_sep.benchmarks.eval_speed $(ARGS)
 	$(BIN)/python -m lightning_sep.benchmarks.speech_metrics
@@ -135,17 +160,19 @@ configs: setup ## Print the resolved config of MODEL/DATA/TRAINER (reproduces th
 	$(BIN)/lightning-sep fit --config conf/trainer/$(TRAINER).yaml --config conf/data/$(DATA).yaml \
 	  --config conf/model/$(MODEL).yaml $(TRAINER_ARGS) $(ARGS) --print_config
 
-test: setup ## Run the test suite (all on the embedded corpora; no download, no GPU)
+test: setup browser ## Run the test suite (all on the embedded corpora; no download, no GPU)
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
-test-fast: setup ## The tests without the slow (real training) ones
+test-fast: setup browser ## The tests without the slow (real training) ones
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-ui: setup ## Open the MLflow UI on http://127.0.0.1:5000 (loopback only; UI_PORT=...)
-	$(BIN)/mlflow ui --host 127.0.0.1 --port $(UI_PORT) \
-	  --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db}"
-	
+ui: setup ## MLflow UI on the project's store at http://127.0.0.1:5000 (PORT=..., HOST=... on the command line)
+	$(BIN)/lightning-sep ui --host $(UI_HOST) --port $(PORT) $(ARGS)
+
+server: setup ## Team tracking server (mlflow server: SQLite db + artifact proxy in mlruns/server/, or SERVER_DB=...) on HOST:PORT
+	$(BIN)/lightning-sep server --host $(UI_HOST) --port $(PORT) $(if $(SERVER_DB),--backend-store-uri '$(SERVER_DB)') $(ARGS)
+
 
 clean-data: ## Delete the generated corpora and decoded-audio caches (data/)
 	rm -rf data/

@@ -6,19 +6,26 @@ chosen by ``class_path`` (subclass mode), the front end and the targets are link
 DataModule into the model, every run is tracked in MLflow, and ``--print_config`` prints a config
 that reproduces the run.
 
-Five more subcommands are plain argparse programs: ``lightning-sep analyze`` (the neural couplings
+More subcommands are plain argparse programs: ``lightning-sep analyze`` (the neural couplings
 analysis, :mod:`lightning_sep.analysis.nca`), ``lightning-sep tune`` (an Optuna study,
 :mod:`lightning_sep.tuning.study`), ``lightning-sep eval`` (museval scores on the
 MUSDB18 test set, :mod:`lightning_sep.evaluation.evaluate`), ``lightning-sep separate`` (wav
 files per target, :mod:`lightning_sep.separation.separate`) and ``lightning-sep confidence`` (the
 VAE's average posterior variance against the input SNR, :mod:`lightning_sep.evaluation.confidence`).
+``lightning-sep compare`` tabulates the MLflow runs side by side (:mod:`lightning_sep.tracking.compare`),
+``lightning-sep ui`` and ``lightning-sep server`` start the MLflow UI and a team tracking server
+(:mod:`lightning_sep.tracking.server`).
+
+:func:`main` turns SIGINT and SIGTERM into a clean stop (:func:`interruptible`): the MLflow run ends
+KILLED, not RUNNING.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import lightning as L
 from lightning.pytorch import Callback
@@ -31,6 +38,8 @@ from lightning_sep.errors import LightningSepError
 from lightning_sep.models.base import SpectrogramSeparator
 from lightning_sep.registry import check_config_args
 from lightning_sep.tracking import MLflowLogger, MLflowSaveConfig, RunSummary
+from lightning_sep.tracking.examples import ValidationExample
+from lightning_sep.tracking.mlflow import Interrupted
 from lightning_sep.trainer import RandomState, check_trainer_settings, compile_model
 
 
@@ -39,6 +48,7 @@ class SeparationCLI(LightningCLI):
         parser.link_arguments("data.front_end", "model.init_args.front_end", apply_on="instantiate")
         parser.link_arguments("data.targets", "model.init_args.targets", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ValidationExample, "example")  # --example.seconds 0 turns it off
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/sdr",
@@ -302,6 +312,90 @@ def analyze_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _address_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=5000, help="TCP port (default 5000)")
+
+
+def ui_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lightning-sep ui",
+        description="The MLflow UI on the project's store ($MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlruns/mlflow.db), "
+        "on 127.0.0.1 unless --host says otherwise. Other arguments go to `mlflow ui`.",
+    )
+    _address_arguments(parser)
+    parser.add_argument("--store", help="a tracking URI instead of the project's store")
+    return parser
+
+
+def server_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lightning-sep server",
+        description="A team MLflow tracking server: `mlflow server` with a database backend and an artifact proxy "
+        "(default: mlruns/server/mlflow.db and mlruns/server/artifacts), on 127.0.0.1 unless --host says otherwise. "
+        "Trainings log to it with MLFLOW_TRACKING_URI=http://127.0.0.1:<port>. Other arguments go to `mlflow server`.",
+    )
+    _address_arguments(parser)
+    parser.add_argument("--backend-store-uri", help="SQLAlchemy URL of the database (default sqlite:///<repo>/mlruns/server/mlflow.db)")
+    parser.add_argument("--artifacts-destination", help="where uploaded artifacts go (default <repo>/mlruns/server/artifacts)")
+    parser.add_argument("--workers", type=int, help="server worker processes (default: MLflow's)")
+    return parser
+
+
+def run_ui(argv: list[str]):
+    from lightning_sep.tracking.server import UISettings, ui
+
+    args, extra = ui_parser().parse_known_args(argv)
+    return ui(UISettings(**vars(args), extra=extra))
+
+
+def run_server(argv: list[str]):
+    from lightning_sep.tracking.server import ServerSettings, server
+
+    args, extra = server_parser().parse_known_args(argv)
+    return server(ServerSettings(**vars(args), extra=extra))
+
+
+def compare_parser() -> argparse.ArgumentParser:
+    from lightning_sep.tracking.compare import CompareSettings
+
+    d = CompareSettings()
+    parser = argparse.ArgumentParser(
+        prog="lightning-sep compare",
+        description="The MLflow runs side by side (MLflow's search API): model, data, the key params (the model "
+        "arguments that differ between the runs, and lr), epochs, the best epoch's validation SDR and its mixture "
+        "baseline, the test SDR/SIR/SAR per target that `make eval` logged. Training runs newest first, then the "
+        "reference runs (mixture, oracle masks) scored on the same data. Printed, and saved as compare.csv and a "
+        "bar chart compare.png.",
+    )
+    which = parser.add_argument_group("which runs (default: every finished training run, the newest --limit)")
+    which.add_argument("--model", nargs="+", metavar="FAMILY",
+                       help="only these families (MODEL=\"dae skipfilter\"); reference methods too (mixture, oracle_ibm, ...)")
+    which.add_argument("--data", help="only runs on this data: a conf/data name (musdb, timit, timit_ten_speakers) or a "
+                       "data.dataset tag (embedded_musdb, musdb18hq, embedded_timit-pairs, ...)")
+    which.add_argument("--all", dest="include_all", action="store_true",
+                       help="also failed, killed and running runs (default: finished ones)")
+    which.add_argument("--no-references", dest="references", action="store_false",
+                       help="without the reference runs (mixture, oracle masks) on the same data")
+    which.add_argument("--limit", type=int, default=d.limit,
+                       help=f"at most this many training runs, the newest (default {d.limit}; 0 = every one)")
+    which.add_argument("--experiment", default=d.experiment, help=f"MLflow experiment (default {d.experiment})")
+    cols = parser.add_argument_group("columns and results")
+    cols.add_argument("--params", nargs="+", metavar="NAME",
+                      help="the params to show (lr, hidden_size, data.init_args.batch_size, trainer.max_epochs, ...) "
+                      "instead of lr and the model arguments that differ between the runs")
+    cols.add_argument("--prefix", default=d.prefix,
+                      help="the test metrics shown: test (default), test_wiener1 (make eval WIENER=1), test_it1000, ...")
+    cols.add_argument("--out", help="folder of compare.csv and compare.png (default: mlruns/compare beside the MLflow store)")
+    return parser
+
+
+def run_compare(argv: list[str]):
+    from lightning_sep.tracking.compare import CompareSettings, compare
+
+    return compare(CompareSettings(**vars(compare_parser().parse_args(argv))))
+
+
 def run_analyze(argv: list[str]):
     from lightning_sep.analysis.nca import AnalyzeSettings, analyze
 
@@ -334,23 +428,67 @@ def run_separate(argv: list[str]):
     return separate_files(**vars(separate_parser().parse_args(argv)))
 
 
-_COMMANDS = {"analyze": run_analyze, "eval": run_eval, "separate": run_separate, "confidence": run_confidence, "tune": run_tune}
+_COMMANDS = {"analyze": run_analyze, "compare": run_compare, "eval": run_eval, "separate": run_separate,
+             "confidence": run_confidence, "tune": run_tune,
+             "ui": run_ui, "server": run_server}
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    import signal
+
+    signal.signal(signum, signal.SIG_IGN)  # a second Ctrl-C or SIGTERM does not cut the shutdown short
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`~lightning_sep.tracking.mlflow.Interrupted` (a ``KeyboardInterrupt``)
+    in the main thread, at any point: Lightning's Ctrl-C shutdown then ends the MLflow run ``KILLED`` (and
+    writes nothing half-way), where SIGTERM's default would leave it ``RUNNING`` forever. The previous
+    handlers come back afterwards."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in before:
+        signal.signal(s, _raise_interrupted)
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """The ``lightning-sep`` console script: user errors print one clear line and exit 2."""
+    """The ``lightning-sep`` console script: user errors print one clear line and exit 2; SIGINT and
+    SIGTERM stop it cleanly (exit 130 / 143), its MLflow run marked KILLED."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        if argv and argv[0] in _COMMANDS:
-            _COMMANDS[argv[0]](argv[1:])
-        else:
-            run(argv)
+        with interruptible():
+            try:
+                if argv and argv[0] in _COMMANDS:
+                    _COMMANDS[argv[0]](argv[1:])
+                else:
+                    run(argv)
+            except SystemExit as exc:  # Lightning exits 1 after its Ctrl-C shutdown: say which signal it was
+                context = exc.__context__
+                if isinstance(context, KeyboardInterrupt):
+                    raise context from None
+                raise
     except MisconfigurationException as exc:  # a Lightning setting that only fails when training starts
         print(f"lightning-sep: error: {str(exc).strip()}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("lightning-sep: interrupted; finished results are kept (rerun to finish the rest).", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        import signal
+
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        print(f"lightning-sep: stopped by {signal.Signals(signum).name}; finished results and checkpoints are kept "
+              "(training: the MLflow run is marked KILLED, continue it with RESUME=last; eval and analyze: "
+              "rerun to finish the rest).", file=sys.stderr)
+        return 128 + signum
     except Exception as exc:
         err = user_error(exc)
         if err is None:

@@ -4,12 +4,15 @@
 * :func:`make_stems_corpus` -- MUSDB18 layout (``train/<track>.stem.mp4``, needs ffmpeg).
 * :func:`easy_sources`, :func:`easy_datamodule` -- an in-memory, easy two-source case (low harmonics +
   high band noise) on which every separator family must beat the mixture after a few seconds of training.
+* :func:`train_tiny`, :func:`fit_command` -- real trainings, in-process or as ``make train``'s subprocess.
+* :func:`free_port`, :func:`kill_group`, :func:`http_server` -- servers (MLflow, Optuna) in subprocesses.
 
 The two corpus writers return the stems they wrote so tests can compare decoded audio with them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -144,9 +147,11 @@ def train_tiny_skipfilter(base: Path, data_home: Path, n_test: int = 1):
     return train_tiny(base, data_home, "skipfilter", n_test=n_test)
 
 
-def train_tiny(base: Path, data_home: Path, model: str, *extra: str, n_test: int = 1, seconds: float = 3.0):
+def train_tiny(base: Path, data_home: Path, model: str, *extra: str, n_test: int = 1, seconds: float = 3.0,
+               tracking_uri: str | None = None):
     """A real one-epoch ``lightning-sep fit`` of ``model`` on a tiny MUSDB18-HQ corpus (``base/corpus``, made
-    once), in the MLflow store ``base/mlruns`` (several models may share it); ``extra`` CLI arguments.
+    once), in the MLflow store ``base/mlruns`` (several models may share it) or ``tracking_uri``; ``extra``
+    CLI arguments.
 
     Returns ``SimpleNamespace(uri, corpus, run_id, ckpt, base)``; ``ckpt`` is the best checkpoint.
     """
@@ -160,7 +165,7 @@ def train_tiny(base: Path, data_home: Path, model: str, *extra: str, n_test: int
     if not corpus.is_dir():
         make_wav_corpus(corpus, n_train=3, n_test=n_test, seconds=seconds)
     (base / "mlruns").mkdir(exist_ok=True)
-    uri = f"sqlite:///{base / 'mlruns' / 'mlflow.db'}"
+    uri = tracking_uri or f"sqlite:///{base / 'mlruns' / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LIGHTNING_SEP_DATA", str(data_home))
         mp.setenv("MLFLOW_TRACKING_URI", uri)
@@ -186,9 +191,20 @@ def fit_in_subprocess(base: Path, corpus: Path, data_home: Path, probe: str, *ex
     corpus ``corpus`` (4 training tracks; "Tiny - Train 04" validates), with the DDP probe
     (``tests/ddp_probe.py``) writing what each rank saw to ``base/probe``; MLflow store in ``base/mlruns``.
     ``interrupt_at=n``: Ctrl-C when epoch ``n`` starts."""
+    import subprocess
+
+    args, env = fit_command(base, corpus, data_home, probe, *extra, interrupt_at=interrupt_at, trainer=trainer,
+                            model=model, epochs=epochs)
+    return subprocess.run(args, cwd=base, env=env, capture_output=True, text=True, timeout=900)
+
+
+def fit_command(base: Path, corpus: Path, data_home: Path, probe: str, *extra: str, interrupt_at: int | None = None,
+                trainer: str = "ddp_cpu", model: str = "skipfilter", epochs: int = 2,
+                probe_env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """``(argv, environment)`` of :func:`fit_in_subprocess`'s command (run it with ``cwd=base``);
+    ``probe_env``: more ``PROBE_*`` settings of ``tests/ddp_probe.py``."""
     import json
     import os
-    import subprocess
     import sys
 
     env = {
@@ -200,9 +216,11 @@ def fit_in_subprocess(base: Path, corpus: Path, data_home: Path, probe: str, *ex
         "OMP_NUM_THREADS": "1",
     }
     env.pop("MUSDB_ROOT", None)
-    env.pop("PROBE_INTERRUPT_EPOCH", None)
+    for key in [k for k in env if k.startswith("PROBE_") and k != "PROBE_DIR"]:
+        env.pop(key)
     if interrupt_at is not None:
         env["PROBE_INTERRUPT_EPOCH"] = str(interrupt_at)
+    env.update(probe_env or {})
     (base / "mlruns").mkdir(parents=True, exist_ok=True)
     args = [
         sys.executable, "-m", "lightning_sep.cli", "fit", *config_args(model, trainer=trainer),
@@ -214,7 +232,7 @@ def fit_in_subprocess(base: Path, corpus: Path, data_home: Path, probe: str, *ex
         "--trainer.log_every_n_steps", "1", "--model.init_args.early_stopping_patience", "null",
         "--trainer.callbacks", json.dumps([{"class_path": "ddp_probe.Probe"}]), *extra,
     ]
-    return subprocess.run(args, cwd=base, env=env, capture_output=True, text=True, timeout=900)
+    return args, env
 
 
 def store_runs(base: Path):
@@ -380,3 +398,65 @@ def one_torch_thread():
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+# -- servers in subprocesses ------------------------------------------------------------------------------------------
+def free_port() -> int:
+    """A TCP port nothing listens on, on 127.0.0.1."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def kill_group(proc: "subprocess.Popen") -> None:
+    """End ``proc`` (started with ``start_new_session=True``) and whatever it started (e.g. uvicorn workers)."""
+    import os
+    import signal
+    import subprocess
+
+    if proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@contextlib.contextmanager
+def http_server(args: list[str], log: Path, port: int, env: dict[str, str] | None = None, timeout: float = 120.0):
+    """Run the server command ``args`` (listening on 127.0.0.1:``port``) in its own session, its output in
+    ``log``; yields its URL once ``/health`` answers; always stopped, with its children, at the end."""
+    import subprocess
+    import time
+    import urllib.request
+
+    url = f"http://127.0.0.1:{port}"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=log.parent, env=env,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            said = f"command: {' '.join(args)}\nits output:\n{log.read_text(errors='replace')[-4000:]}"
+            if proc.poll() is not None:
+                pytest.fail(f"the server exited with status {proc.returncode} before answering {url}/health.\n{said}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"the server did not answer {url}/health within {timeout:.0f} s.\n{said}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        kill_group(proc)

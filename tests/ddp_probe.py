@@ -3,7 +3,9 @@
 Every rank writes ``$PROBE_DIR/rank<r>.json`` at each epoch's end: the hashes of the training mixtures
 it drew, a hash of the model's weights after each epoch, and per validation item the hash, the SDR of the model's separation and whether the reference
 is active (as :meth:`SpectrogramSeparator.log_scores` counts it). With ``PROBE_INTERRUPT_EPOCH=n`` every
-rank raises ``KeyboardInterrupt`` when epoch ``n`` starts (Ctrl-C), after epoch ``n - 1``'s checkpoint.
+rank raises ``KeyboardInterrupt`` when epoch ``n`` starts (Ctrl-C), after epoch ``n - 1``'s checkpoint;
+``PROBE_RAISE_EPOCH=n`` raises a ``RuntimeError`` there instead; ``PROBE_HOLD_EPOCH=n`` (``PROBE_HOLD_SETUP=1``)
+writes ``holding-epoch<n>`` (``holding-setup``) and waits there for a signal the test sends.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import torch
 from lightning.pytorch import Callback
 
 from lightning_sep.evaluation.metrics import active, signal_to_distortion_ratio
-from lightning_sep.transforms import with_phase
 
 
 def _hashes(mixtures: torch.Tensor) -> list[str]:
@@ -29,10 +30,26 @@ class Probe(Callback):
         self.out = Path(os.environ["PROBE_DIR"])
         self.record: dict = {"train": {}, "val": {}}
 
+    def setup(self, trainer, pl_module, stage):
+        if os.environ.get("PROBE_HOLD_SETUP"):
+            self.hold("setup")
+
     def on_train_epoch_start(self, trainer, pl_module):
         stop = os.environ.get("PROBE_INTERRUPT_EPOCH")
         if stop is not None and trainer.current_epoch == int(stop):
             raise KeyboardInterrupt
+        if os.environ.get("PROBE_RAISE_EPOCH") == str(trainer.current_epoch):
+            raise RuntimeError(f"probe: an error in epoch {trainer.current_epoch}")
+        if os.environ.get("PROBE_HOLD_EPOCH") == str(trainer.current_epoch):
+            self.hold(f"epoch{trainer.current_epoch}")
+
+    def hold(self, where: str) -> None:
+        """Write ``$PROBE_DIR/holding-<where>`` and wait there (for a signal the test sends) for up to 5 minutes."""
+        import time
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / f"holding-{where}").write_text(str(os.getpid()))
+        time.sleep(300)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.record["train"].setdefault(str(trainer.current_epoch), []).extend(_hashes(batch[0]))
@@ -42,13 +59,7 @@ class Probe(Callback):
         if trainer.sanity_checking:
             return
         mixture, targets = batch
-        if "val_separation_iterations" in pl_module.hparams:  # the families that separate by optimisation
-            mag, phase = pl_module.spectrogram(mixture)
-            est = pl_module.estimate_magnitudes(mag, pl_module.hparams.val_separation_iterations)
-            estimates = pl_module.istft(with_phase(est, phase.unsqueeze(1)), length=mixture.shape[-1])
-        else:
-            estimates = pl_module(mixture)
-        estimates = estimates[:, : targets.shape[1]]
+        estimates = pl_module.validation_estimates(mixture)[:, : targets.shape[1]]
         sdr = signal_to_distortion_ratio(estimates, targets)
         keep = active(targets)
         items = self.record["val"].setdefault(str(trainer.current_epoch), [])

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, config_args, fit_in_subprocess, make_wav_corpus, metric_history, store_runs
+from conftest import REPO, config_args, fit_in_subprocess, free_port, make_wav_corpus, metric_history, store_runs
 
 pytestmark = pytest.mark.slow
 
@@ -127,19 +127,11 @@ def test_interrupted_then_resumed_matches_the_uninterrupted_run(ddp_run, tmp_pat
         assert new_probe["train"]["1"] == ref_probe["train"]["1"]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_multinode_through_torchrun_two_nodes_on_loopback(tmp_path, corpus, data_home):
     """``make train TRAINER=multinode``'s launch: torchrun on each of two "nodes" (here two torchrun agents on
     this machine, rendezvous on 127.0.0.1), one process each; Lightning takes rank and world size from
     torchrun's environment."""
-    port = str(_free_port())
+    port = str(free_port())
     procs = []
     for node_rank in (0, 1):
         base = tmp_path

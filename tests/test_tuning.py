@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import socket
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,7 +16,7 @@ import lightning.pytorch  # noqa: F401 - imported now: its log handler must not 
 import optuna
 import pytest
 import yaml
-from conftest import EASY_FRONT_END, config_args, easy_datamodule, one_torch_thread
+from conftest import EASY_FRONT_END, config_args, easy_datamodule, free_port, one_torch_thread
 
 from lightning_sep.errors import LightningSepError
 
@@ -89,12 +88,6 @@ def use_store(monkeypatch, ns) -> None:
     """Point this test's environment at a module fixture's MLflow store and Optuna storage."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", ns.uri)
     monkeypatch.setenv("OPTUNA_STORAGE", ns.storage)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- 1. bad input: a clear error before any trial ------------------------------------------------------------------------

@@ -24,7 +24,6 @@ import pwd
 import re
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -40,7 +39,7 @@ from typing import Callable, Optional
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, free_port, kill_group
 
 EXPERIMENT = "lightning-sep-tune"
 #: the tiny study: 2 parameters, one epoch of two training batches and one validation batch
@@ -60,28 +59,6 @@ PG_SCHEME = "postgresql"
 
 
 # -- helpers ----------------------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def kill_group(proc: subprocess.Popen) -> None:
-    """End ``proc`` (started with ``start_new_session=True``) and whatever it started."""
-    if proc.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 @dataclass
 class Worker:
     index: int

@@ -45,7 +45,7 @@ from lightning_sep.evaluation.bsseval import (
     score_track_to_json,
     write_track_json,
 )
-from lightning_sep.paths import REPO_ROOT, default_tracking_uri
+from lightning_sep.paths import default_tracking_uri
 from lightning_sep.registry import available, config_path
 from lightning_sep.utils.atomic import atomic_open, atomic_write_text
 
@@ -96,10 +96,9 @@ class EvalResult:
 # -- where things are --------------------------------------------------------------------------------
 def default_out_root() -> Path:
     """``<mlruns>/eval``: beside the local MLflow store (``<repo>/mlruns/eval`` for a remote one)."""
-    from lightning_sep.tracking.mlflow import _local_store_dir
+    from lightning_sep.tracking.mlflow import results_dir
 
-    store = _local_store_dir(default_tracking_uri())
-    return (store or REPO_ROOT / "mlruns") / "eval"
+    return results_dir("eval")
 
 
 def datamodule_class(name: str) -> tuple[type, str, dict[str, Any]]:
@@ -249,6 +248,10 @@ def evaluate(settings: EvalSettings) -> EvalResult:
     """Run (or finish) an evaluation; see the module docstring."""
     if settings.workers is not None and settings.workers < 1:
         raise LightningSepError(f"EVAL_WORKERS={settings.workers}: must be at least 1.")
+    if settings.log_mlflow or not settings.ckpt:  # the store finds the model or keeps the scores: usable, before any work
+        from lightning_sep.tracking.mlflow import check_tracking_uri
+
+        check_tracking_uri(default_tracking_uri())
     device = resolve_device(settings.device)
     datamodule = load_datamodule(settings.data, settings.root)
     if hasattr(datamodule, "test_mixtures"):

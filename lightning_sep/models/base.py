@@ -93,6 +93,11 @@ class SpectrogramSeparator(L.LightningModule):
         est = self.estimate_magnitudes(mag)
         return self.istft(with_phase(est, phase.unsqueeze(1)), length=mixture.shape[-1])
 
+    def validation_estimates(self, mixture: Tensor) -> Tensor:
+        """The separation validation scores, ``(batch, samples)`` to ``(batch, targets, samples)`` (by
+        default :meth:`forward`; the families that separate by optimisation use their validation budget)."""
+        return self(mixture)
+
     @torch.no_grad()
     def training_magnitudes(self, mixtures: Iterator[np.ndarray]) -> Iterator[Tensor]:
         """Magnitudes of whole training recordings, 2048 frames at a time (normalisation statistics)."""

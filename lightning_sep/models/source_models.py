@@ -254,10 +254,7 @@ class SourceModels(SpectrogramSeparator):
         loss = self.reconstruction_loss(self.source_magnitudes(sources))
         self.log(f"{prefix}/loss", loss, batch_size=len(mixture), sync_dist=True, prog_bar=True)
         if iterations:
-            mag, phase = self.spectrogram(mixture)
-            est = self.estimate_magnitudes(mag, iterations)
-            waves = self.istft(with_phase(est, phase.unsqueeze(1)), length=mixture.shape[-1])
-            self.log_scores(prefix, waves, mixture, batch[1])
+            self.log_scores(prefix, self.validation_estimates(mixture, iterations), mixture, batch[1])
             if "kl" in self.separation_stats:
                 self.log(f"{prefix}/separation_kl", self.separation_stats["kl"], batch_size=len(mixture), sync_dist=True)
 
@@ -273,6 +270,15 @@ class SourceModels(SpectrogramSeparator):
                               patience=hp.early_stopping_patience)]
 
     # -- separation ------------------------------------------------------------------------------
+    def validation_estimates(self, mixture: Tensor, iterations: Optional[int] = None) -> Tensor:
+        """Waveforms ``(B, L)`` to ``(B, S, L)`` by ``iterations`` steps of input optimisation (default: the
+        validation's ``val_separation_iterations``, else ``separation_iterations``)."""
+        if iterations is None:
+            iterations = self.hparams.val_separation_iterations or self.hparams.separation_iterations
+        mag, phase = self.spectrogram(mixture)
+        est = self.estimate_magnitudes(mag, iterations)
+        return self.istft(with_phase(est, phase.unsqueeze(1)), length=mixture.shape[-1])
+
     def estimate_magnitudes(self, mixture_magnitude: Tensor, iterations: Optional[int] = None) -> Tensor:
         """Mixture magnitudes ``(B, F, T)`` to each source's masked magnitude ``(B, S, F, T)``."""
         iterations = self.hparams.separation_iterations if iterations is None else int(iterations)

@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from lightning_sep.errors import LightningSepError
 from lightning_sep.paths import default_tracking_uri
-from lightning_sep.tracking.mlflow import default_artifact_location, redact
+from lightning_sep.tracking.mlflow import check_tracking_uri, default_artifact_location, redact
 
 EXPERIMENT = "lightning-sep"
 
@@ -43,8 +43,9 @@ def client(tracking_uri: Optional[str] = None) -> Any:
 
     # "Creating initial MLflow database tables..." is not news to a user of `make eval`
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
-
-    return MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())
+    tracking_uri = tracking_uri or default_tracking_uri()
+    check_tracking_uri(tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri)
 
 
 def _read_hparams(path: Path) -> dict[str, Any]:
@@ -91,7 +92,9 @@ def describe_checkpoint(path: str | Path, run_id: Optional[str] = None) -> Resol
     return ResolvedCheckpoint(path=path, class_path=class_path, family=family, run_id=run_id)
 
 
-def _run_checkpoint(run: Any) -> Optional[Path]:
+def _run_checkpoint(run: Any, tracking_uri: Optional[str] = None) -> Optional[Path]:
+    """The run's best (else last, else newest) checkpoint on this machine; else the one uploaded to the
+    store (``--trainer.logger.init_args.log_model true``, e.g. a teammate's run on a tracking server)."""
     tags = run.data.tags
     for key in ("checkpoint.best", "checkpoint.last"):
         value = tags.get(key)
@@ -102,6 +105,32 @@ def _run_checkpoint(run: Any) -> Optional[Path]:
         found = sorted(Path(folder).glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
         if found:
             return found[-1]
+    return _uploaded_checkpoint(run, [tags.get("checkpoint.best"), tags.get("checkpoint.last")], tracking_uri)
+
+
+def _uploaded_checkpoint(run: Any, paths: list[Optional[str]], tracking_uri: Optional[str]) -> Optional[Path]:
+    """Download the first of ``paths`` that the run has as an artifact (Lightning's MLflow logger uploads
+    ``<dir>/<name>.ckpt`` as ``<name>/<name>.ckpt``) into ``mlruns/downloaded/<run id>/`` (once)."""
+    from lightning_sep.tracking.mlflow import results_dir
+    from lightning_sep.utils.atomic import atomic_directory
+
+    for value in filter(None, paths):
+        name = Path(value).name
+        folder = results_dir("downloaded", tracking_uri) / run.info.run_id / Path(name).stem
+        if (folder / name).is_file():
+            return folder / name
+        c = client(tracking_uri)
+        try:
+            if name not in [Path(a.path).name for a in c.list_artifacts(run.info.run_id, Path(name).stem)]:
+                continue
+            with atomic_directory(folder) as tmp:
+                Path(c.download_artifacts(run.info.run_id, f"{Path(name).stem}/{name}", str(tmp))).rename(tmp / name)
+        except Exception as err:
+            raise LightningSepError(
+                f"Run {run.info.run_id}: its checkpoint {name} could not be downloaded from the store "
+                f"({' '.join(str(err).split())[:200]})."
+            ) from None
+        return folder / name
     return None
 
 
@@ -130,9 +159,12 @@ def resolve_checkpoint(
             raise LightningSepError(
                 f"RUN_ID={run_id}: no such MLflow run in {redact(tracking_uri or default_tracking_uri())}."
             ) from None
-        path = _run_checkpoint(run)
+        path = _run_checkpoint(run, tracking_uri)
         if path is None:
-            raise LightningSepError(f"RUN_ID={run_id}: the run has no checkpoint on this machine (tags checkpoint.best/last).")
+            raise LightningSepError(
+                f"RUN_ID={run_id}: the run has no checkpoint on this machine (tags checkpoint.best/last) nor in the store "
+                "(train with --trainer.logger.init_args.log_model true to upload checkpoints)."
+            )
         resolved = describe_checkpoint(path, run_id=run_id)
     else:
         if not model:
@@ -168,7 +200,7 @@ def _latest_run_checkpoint(model: str, tracking_uri: Optional[str], experiment: 
         if dataset is not None and trained_on != dataset:
             others.add(str(trained_on))
             continue
-        path = _run_checkpoint(run)
+        path = _run_checkpoint(run, tracking_uri)
         if path is not None:
             return describe_checkpoint(path, run_id=run.info.run_id)
     on = f" trained on {dataset}" if dataset else ""

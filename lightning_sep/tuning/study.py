@@ -384,7 +384,8 @@ class Objective:
                 cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         except SystemExit as stop:  # Lightning turns Ctrl-C into exit(1) after its graceful shutdown
             self.finish(child, "FAIL", reason="interrupted", trial=trial)
-            raise KeyboardInterrupt from stop
+            signal = stop.__context__  # which signal it was (lightning_sep.cli.main reports it)
+            raise (signal if isinstance(signal, KeyboardInterrupt) else KeyboardInterrupt()) from stop
         except BaseException as err:
             from lightning_sep.cli import user_error
 
