@@ -9,8 +9,9 @@
 * :class:`RunSummary` tags the best and last checkpoint paths and prints the run's summary; a training
   that raises ends ``FAILED``, one stopped by Ctrl-C (SIGINT) or SIGTERM ends ``KILLED``, with the reason
   in the tag ``end.reason`` (never ``RUNNING`` forever; a SIGKILLed run is continued by ``RESUME=last``).
-* :func:`check_tracking_uri` says at once, before any training, that a tracking server cannot be
-  reached (MLflow's own client would retry for minutes, then fail after the first epoch).
+* :func:`check_tracking_uri` says at once, before any data is loaded, that a tracking server cannot be
+  reached or a local store cannot be written (MLflow's own client retries a refused connection for about
+  4 minutes, ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` with back-off, before it fails).
 
 Passwords in URLs (``scheme://user:password@host``) are replaced by ``***`` in everything written
 to MLflow (:func:`redact`).
