@@ -123,17 +123,17 @@ class ServerSettings:
 
 def server(settings: ServerSettings) -> None:
     """``mlflow server`` with a database backend and an artifact proxy (never returns when it starts)."""
-    check_address(settings.host, settings.port, "server")
     folder = default_server_dir()
     backend = settings.backend_store_uri or f"sqlite:///{folder / 'mlflow.db'}"
     artifacts = settings.artifacts_destination or str(folder / "artifacts")
-    if backend.startswith("sqlite:///") or "://" not in artifacts:
-        folder.mkdir(parents=True, exist_ok=True)
     if not backend.startswith(("sqlite:", "postgresql", "mysql", "mssql")):
         raise LightningSepError(
             f"SERVER_DB={redact(backend)}: a team server needs a database backend, a SQLAlchemy URL: "
             "sqlite:///path/mlflow.db, postgresql://user:password@host/db, mysql://..."
         )
+    check_address(settings.host, settings.port, "server")
+    if settings.backend_store_uri is None or settings.artifacts_destination is None:
+        folder.mkdir(parents=True, exist_ok=True)
     _announce_exposure(settings.host)
     url = f"http://{settings.host if is_loopback(settings.host) else '<this machine>'}:{settings.port}"
     print(
