@@ -400,6 +400,19 @@ def one_torch_thread():
         torch.set_num_threads(threads)
 
 
+def wait_for_file(path: Path, proc: "subprocess.Popen", timeout: float = 300) -> None:
+    """Wait until ``path`` exists (a probe's mark), failing with the stderr of ``proc`` if it ends first."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"the training ended (rc {proc.returncode}) before {path.name}:\n{err[-4000:]}")
+        assert time.monotonic() < deadline, f"no {path} after {timeout} s"
+        time.sleep(0.2)
+
+
 # -- servers in subprocesses ------------------------------------------------------------------------------------------
 def free_port() -> int:
     """A TCP port nothing listens on, on 127.0.0.1."""

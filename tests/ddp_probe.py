@@ -5,7 +5,7 @@ it drew, a hash of the model's weights after each epoch, and per validation item
 is active (as :meth:`SpectrogramSeparator.log_scores` counts it). With ``PROBE_INTERRUPT_EPOCH=n`` every
 rank raises ``KeyboardInterrupt`` when epoch ``n`` starts (Ctrl-C), after epoch ``n - 1``'s checkpoint;
 ``PROBE_RAISE_EPOCH=n`` raises a ``RuntimeError`` there instead; ``PROBE_HOLD_EPOCH=n`` (``PROBE_HOLD_SETUP=1``)
-writes ``holding-epoch<n>`` (``holding-setup``) and waits there for a signal the test sends.
+writes ``holding-epoch<n>`` (``holding-setup``; ``...-rank<r>`` on rank r) and waits there for a signal the test sends.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class Probe(Callback):
 
     def setup(self, trainer, pl_module, stage):
         if os.environ.get("PROBE_HOLD_SETUP"):
-            self.hold("setup")
+            self.hold("setup", trainer.global_rank)
 
     def on_train_epoch_start(self, trainer, pl_module):
         stop = os.environ.get("PROBE_INTERRUPT_EPOCH")
@@ -41,14 +41,15 @@ class Probe(Callback):
         if os.environ.get("PROBE_RAISE_EPOCH") == str(trainer.current_epoch):
             raise RuntimeError(f"probe: an error in epoch {trainer.current_epoch}")
         if os.environ.get("PROBE_HOLD_EPOCH") == str(trainer.current_epoch):
-            self.hold(f"epoch{trainer.current_epoch}")
+            self.hold(f"epoch{trainer.current_epoch}", trainer.global_rank)
 
-    def hold(self, where: str) -> None:
-        """Write ``$PROBE_DIR/holding-<where>`` and wait there (for a signal the test sends) for up to 5 minutes."""
+    def hold(self, where: str, rank: int) -> None:
+        """Write this process's pid to ``$PROBE_DIR/holding-<where>`` (rank 0; ``...-rank<r>`` for rank r) and wait
+        there (for a signal the test sends) for up to 5 minutes."""
         import time
 
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / f"holding-{where}").write_text(str(os.getpid()))
+        (self.out / (f"holding-{where}" + (f"-rank{rank}" if rank else ""))).write_text(str(os.getpid()))
         time.sleep(300)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, config_args, fit_in_subprocess, free_port, make_wav_corpus, metric_history, store_runs
+from conftest import (REPO, config_args, fit_command, fit_in_subprocess, free_port, make_wav_corpus, metric_history,
+                      store_runs, wait_for_file)
 
 pytestmark = pytest.mark.slow
 
@@ -106,7 +107,7 @@ def test_interrupted_then_resumed_matches_the_uninterrupted_run(ddp_run, tmp_pat
     assert stopped.returncode != 0  # Ctrl-C at the start of epoch 2
     c2, runs2 = store_runs(tmp_path)
     assert len(runs2) == 1 and len(metric_history(c2, runs2[0].info.run_id, "val/sdr")) == 1
-    assert runs2[0].info.status in ("FAILED", "KILLED")
+    assert runs2[0].info.status == "KILLED" and runs2[0].data.tags["end.reason"] == "stopped by SIGINT (Ctrl-C)"
 
     resumed = fit_in_subprocess(tmp_path, corpus, data_home, "probe-b", "--resume", "last")
     assert resumed.returncode == 0, resumed.stderr[-4000:]
@@ -125,6 +126,36 @@ def test_interrupted_then_resumed_matches_the_uninterrupted_run(ddp_run, tmp_pat
         ref_probe = json.loads((base / "probe" / f"rank{r}.json").read_text())
         new_probe = json.loads((tmp_path / "probe-b" / f"rank{r}.json").read_text())
         assert new_probe["train"]["1"] == ref_probe["train"]["1"]
+
+
+def test_sigterm_stops_every_rank_and_the_run_ends_killed(tmp_path, corpus, data_home):
+    """SIGTERM to the launching process (a scheduler's time limit, ``kill``) while both ranks train epoch 2:
+    Lightning passes it to rank 1, rank 0 stops cleanly, the run ends KILLED (not RUNNING), exit 143."""
+    import signal
+    import time
+
+    args, env = fit_command(tmp_path, corpus, data_home, "probe", probe_env={"PROBE_HOLD_EPOCH": "1"})
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_file(tmp_path / "probe" / "holding-epoch1", proc)
+    wait_for_file(tmp_path / "probe" / "holding-epoch1-rank1", proc)
+    rank1 = int((tmp_path / "probe" / "holding-epoch1-rank1").read_text())
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-4000:]
+
+    def running(pid: int) -> bool:
+        try:
+            return "zombie" not in Path(f"/proc/{pid}/status").read_text(errors="replace")
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 60
+    while running(rank1):
+        assert time.monotonic() < deadline, "rank 1 outlived the SIGTERM"
+        time.sleep(0.5)
+    client, runs = store_runs(tmp_path)
+    assert len(runs) == 1 and runs[0].info.status == "KILLED" and runs[0].data.tags["end.reason"] == "stopped by SIGTERM"
+    assert len(metric_history(client, runs[0].info.run_id, "val/sdr")) == 1  # epoch 1's, kept
 
 
 def test_multinode_through_torchrun_two_nodes_on_loopback(tmp_path, corpus, data_home):

@@ -26,7 +26,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -37,7 +36,7 @@ import soundfile as sf
 import torch
 
 from conftest import (REPO, config_args, fit_command, free_port, http_server, make_wav_corpus, metric_history,
-                      store_runs, train_tiny)
+                      store_runs, train_tiny, wait_for_file)
 
 pytestmark = pytest.mark.slow
 
@@ -61,16 +60,6 @@ def cli_error(capsys, *args: str) -> str:
     lines = [line for line in err.splitlines() if line.startswith("lightning-sep: error: ")]
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
-
-
-def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            raise AssertionError(f"the training ended (rc {proc.returncode}) before {path.name}:\n{err[-4000:]}")
-        assert time.monotonic() < deadline, f"no {path} after {timeout} s"
-        time.sleep(0.2)
 
 
 # -- what every run carries ------------------------------------------------------------------------------------------
