@@ -35,6 +35,8 @@ import pytest
 import soundfile as sf
 import torch
 
+from lightning_sep.tracking.mlflow import run_status
+
 from conftest import (REPO, config_args, fit_command, free_port, http_server, make_wav_corpus, metric_history,
                       store_runs, train_tiny, wait_for_file)
 
@@ -141,6 +143,10 @@ def crashing_fit(base: Path, corpus: Path, data_home: Path, probe_env: dict[str,
     return subprocess.Popen(args, cwd=base, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def env_of(base: Path) -> dict[str, str]:
+    return {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{base / 'mlruns' / 'mlflow.db'}"}
+
+
 def only_run(base: Path):
     client, runs = store_runs(base)
     assert len(runs) == 1
@@ -159,6 +165,9 @@ def only_run(base: Path):
 )
 def test_a_stopped_training_never_stays_running(tmp_path, corpus, data_home, probe_env, sig, status, reason, returncode):
     proc = crashing_fit(tmp_path, corpus, data_home, probe_env)
+    if "PROBE_HOLD_EPOCH" in probe_env:
+        wait_for_file(tmp_path / "probe" / "holding-epoch1", proc)
+        assert run_status(only_run(tmp_path)[1]) == "RUNNING"  # a live training is not "gone"
     if sig is not None:
         wait_for_file(tmp_path / "probe" / ("holding-setup" if "PROBE_HOLD_SETUP" in probe_env else "holding-epoch1"), proc)
         proc.send_signal(sig)
@@ -181,6 +190,10 @@ def test_sigkill_then_resume_last_continues_the_same_run(tmp_path, corpus, data_
     proc.communicate(timeout=60)
     client, killed = only_run(tmp_path)
     assert killed.info.status == "RUNNING"  # SIGKILL cannot be caught: RESUME=last is the way on
+    assert run_status(killed) == "RUNNING (process gone)"  # ... but the record tells it from a live training
+    compared = subprocess.run([sys.executable, "-m", "lightning_sep.cli", "compare", "--all", "--out", str(tmp_path / "cmp")],
+                              cwd=tmp_path, env=env_of(tmp_path), capture_output=True, text=True, timeout=300)
+    assert compared.returncode == 0 and "RUNNING (process gone)" in compared.stdout, compared.stderr[-3000:]
 
     args, env = fit_command(tmp_path, corpus, data_home, "probe-resumed", "--resume", "last", trainer="cpu", epochs=2)
     resumed = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

@@ -6,7 +6,8 @@ optionally only some families (``--model``, tag ``model.family``) and data (``--
 runs (``mixture``, ``oracle_*``: stage ``reference``) that have test scores on the same data.  Finished runs
 only, unless ``--all``.  One row per run:
 
-* ``run`` (the run id's first 8 characters), ``run name``, ``status``, ``model``, ``data`` (tag
+* ``run`` (the run id's first 8 characters), ``run name``, ``status`` (``RUNNING (process gone)`` for a run
+  whose training was SIGKILLed on this machine), ``model``, ``data`` (tag
   ``data.dataset``), ``targets``;
 * the key params: the ``model.init_args.*`` params whose values differ between the listed training runs
   (``front_end``, ``targets`` and long list/dict values left out), and always ``lr``; ``--params`` names them;
@@ -36,7 +37,7 @@ from lightning_sep.errors import LightningSepError
 from lightning_sep.evaluation.bsseval import MUSDB_TARGETS
 from lightning_sep.paths import default_tracking_uri
 from lightning_sep.registry import available, config_path
-from lightning_sep.tracking.mlflow import redact, results_dir
+from lightning_sep.tracking.mlflow import redact, results_dir, run_status
 from lightning_sep.tracking.runs import EXPERIMENT, client
 from lightning_sep.utils.atomic import atomic_write_bytes, atomic_write_text
 
@@ -212,7 +213,7 @@ def build_table(c: Any, fit_runs: Sequence[Any], reference_runs: Sequence[Any], 
         row: dict[str, Any] = {
             "run": run.info.run_id[:8],
             "run name": run.info.run_name or "",
-            "status": run.info.status,
+            "status": run_status(run),
             "model": _family(run),
             "data": _dataset(run),
             "targets": tags.get("model.targets") or ",".join(sorted({t for t, _ in run_scores}, key=_target_key)),

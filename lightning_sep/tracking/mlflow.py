@@ -315,6 +315,7 @@ class MLflowSaveConfig(SaveConfigCallback):
             "model.class": f"{type(pl_module).__module__}.{type(pl_module).__name__}",
             "model.targets": ",".join(getattr(pl_module, "targets", [])),
             "lightning_sep.stage": getattr(stage, "value", stage),
+            "process": process_tag(),
         }
         if dm is not None:
             tags["data.dataset"] = getattr(dm, "dataset_name", type(dm).__name__)
@@ -323,6 +324,36 @@ class MLflowSaveConfig(SaveConfigCallback):
         if logger.auto_name and not logger.resumed:  # "skipfilter-brave-owl-123": the UI's run list tells families apart
             tags["mlflow.runName"] = f"{family}-{logger._run_name}"
         logger.set_tags(tags)
+
+
+def process_tag() -> str:
+    """``<host>:<pid>:<start time>`` of this process (the tag ``process``): with it, a run left RUNNING by a
+    SIGKILL can be told from one still training (:func:`run_status`)."""
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_ticks(os.getpid())}"
+
+
+def _start_ticks(pid: int) -> str:
+    """The process's start time in clock ticks since boot (``/proc/<pid>/stat`` field 22), "" where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def run_status(run: Any) -> str:
+    """The run's MLflow status; ``RUNNING (process gone)`` for a run marked RUNNING whose training process,
+    on this machine, no longer exists (a SIGKILL or power loss: ``RESUME=last`` continues it)."""
+    import socket
+
+    status = run.info.status
+    host, _, rest = run.data.tags.get("process", "").partition(":")
+    pid, _, ticks = rest.partition(":")
+    if status != "RUNNING" or host != socket.gethostname() or not pid.isdigit() or not ticks:
+        return status
+    return status if _start_ticks(int(pid)) == ticks else "RUNNING (process gone)"
 
 
 def end_of(exception: BaseException) -> tuple[str, str]:
