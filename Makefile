@@ -51,7 +51,8 @@ FIT = $(if $(filter multinode,$(TRAINER)),$(BIN)/torchrun --nnodes $(or $(NODES)
 REFERENCES := mixture oracle_ibm oracle_irm1 oracle_irm2
 # with CKPT or RUN_ID, MODEL (when given) only checks that the checkpoint is of that family
 MODEL_FLAG = $(if $(filter command line environment,$(origin MODEL)),--model $(MODEL),$(if $(CKPT)$(RUN_ID),,--model $(MODEL)))
-MODEL_ARGS = $(if $(CKPT),--ckpt '$(CKPT)') $(if $(RUN_ID),--run-id $(RUN_ID)) --wiener $(WIENER)
+WHICH_MODEL = $(if $(CKPT),--ckpt '$(CKPT)') $(if $(RUN_ID),--run-id $(RUN_ID))
+MODEL_ARGS = $(WHICH_MODEL) --wiener $(WIENER)
 # make confidence: MODEL defaults to vae (the family whose separation records a posterior variance)
 CONFIDENCE_MODEL_FLAG = $(if $(filter command line environment,$(origin MODEL)),--model $(MODEL),$(if $(CKPT)$(RUN_ID),,--model vae))
 
@@ -139,8 +140,7 @@ confidence: setup ## The VAE's posterior variance against the input SNR (paper F
 	$(BIN)/lightning-sep confidence $(CONFIDENCE_MODEL_FLAG) --data $(DATA) $(MODEL_ARGS) --snrs $(SNRS) $(ARGS)
 
 analyze: setup ## Neural couplings analysis (NCA, TOD-R, paper Tables 1-3, heatmaps) of MODEL="dae mss_dae skipfilter" (or CKPT/RUN_ID)
-	$(BIN)/lightning-sep analyze $(if $(filter command line environment,$(origin MODEL)),--model $(MODEL),$(if $(CKPT)$(RUN_ID),,--model $(MODEL))) \
-	  --data $(DATA) $(if $(CKPT),--ckpt '$(CKPT)') $(if $(RUN_ID),--run-id $(RUN_ID)) $(ARGS)
+	$(BIN)/lightning-sep analyze $(MODEL_FLAG) --data $(DATA) $(WHICH_MODEL) $(ARGS)
 
 compare: setup ## MLflow runs side by side (key params, val SDR, test SDR/SIR/SAR): table, CSV, bar chart; MODEL="dae skipfilter" DATA=...
 	$(BIN)/lightning-sep compare $(if $(filter command line environment,$(origin MODEL)),--model $(MODEL)) \

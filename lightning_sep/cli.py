@@ -156,13 +156,17 @@ def user_error(exc: Optional[BaseException]) -> Optional[LightningSepError]:
     return None
 
 
-def _model_arguments(parser: argparse.ArgumentParser) -> None:
+def _which_model_arguments(parser: argparse.ArgumentParser, model_help: str, nargs: Optional[str] = None) -> None:
     which = parser.add_argument_group("which model (default: the best checkpoint of the latest finished run of --model)")
-    which.add_argument("--model", help="a family (conf/model/<name>.yaml)" + " or a reference method (eval only)")
+    which.add_argument("--model", nargs=nargs, help=model_help)
     which.add_argument("--ckpt", help="a checkpoint file (.ckpt)")
     which.add_argument("--run-id", help="an MLflow run id: its best checkpoint")
     which.add_argument("--trust-checkpoint", action="store_true",
                        help="load the checkpoint with full unpickling (only for files you trust; default: weights only)")
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    _which_model_arguments(parser, "a family (conf/model/<name>.yaml) or a reference method (eval only)")
     run = parser.add_argument_group("inference")
     run.add_argument("--wiener", type=int, default=0, metavar="ITERATIONS", dest="wiener_iterations",
                      help="multichannel Wiener post-filter with this many EM iterations (0 = off; 1 is usual)")
@@ -279,12 +283,7 @@ def analyze_parser() -> argparse.ArgumentParser:
         "active (up to --max-segments per track), the linear-composition and identity baselines, TOD-R and SNRs "
         "(Tables 1-3 as CSV and Markdown), heatmaps of the couplings matrices; logged to each model's MLflow run under nca/.",
     )
-    which = parser.add_argument_group("which model (default: the best checkpoint of the latest finished run of --model)")
-    which.add_argument("--model", nargs="+", help="one or more of " + ", ".join(NCA_FAMILIES) + " (MODEL=\"dae mss_dae skipfilter\")")
-    which.add_argument("--ckpt", help="a checkpoint file (.ckpt)")
-    which.add_argument("--run-id", help="an MLflow run id: its best checkpoint")
-    which.add_argument("--trust-checkpoint", action="store_true",
-                       help="load the checkpoint with full unpickling (only for files you trust; default: weights only)")
+    _which_model_arguments(parser, "one or more of " + ", ".join(NCA_FAMILIES) + " (MODEL=\"dae mss_dae skipfilter\")", "+")
     nca = parser.add_argument_group("the analysis")
     nca.add_argument("--segment-seconds", type=float, default=d.segment_seconds,
                      help=f"T adjacent frames per batch, in seconds (default {d.segment_seconds}, the paper's)")

@@ -251,18 +251,22 @@ def metric_history(client, run_id: str, key: str) -> list[float]:
 
 
 # -- shared checks ---------------------------------------------------------------------------------------------------
-def eval_error(capsys, *args: str) -> str:
-    """Run ``lightning-sep eval ARGS``: it must exit 2 with exactly one ``lightning-sep: error:`` line
-    and no traceback; returns that line."""
+def cli_error(capsys, *args: str) -> str:
+    """Run ``lightning-sep ARGS``: it must exit 2 with exactly one ``lightning-sep: error:`` line and no
+    traceback; returns that line."""
     from lightning_sep.cli import main
 
     capsys.readouterr()
-    assert main(["eval", *args, "--no-progress"]) == 2
-    captured = capsys.readouterr()
-    lines = [line for line in captured.err.splitlines() if line.startswith("lightning-sep: error: ")]
-    assert len(lines) == 1, captured.err
-    assert "Traceback" not in captured.err
+    assert main(list(args)) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("lightning-sep: error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
+
+
+def eval_error(capsys, *args: str) -> str:
+    """:func:`cli_error` of ``lightning-sep eval ARGS --no-progress``."""
+    return cli_error(capsys, "eval", *args, "--no-progress")
 
 
 def median_f0(audio: np.ndarray, sr: int, fmin: float = 60.0, fmax: float = 400.0) -> float:

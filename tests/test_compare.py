@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from conftest import REPO, metric_history, needs_ffmpeg, train_tiny
+from conftest import REPO, cli_error, metric_history, needs_ffmpeg, train_tiny
 from lightning_sep.cli import main
 from lightning_sep.tracking.compare import CompareSettings, compare
 
@@ -53,13 +53,7 @@ def run_compare(capsys, *args: str) -> str:
 
 
 def compare_error(capsys, *args: str) -> str:
-    """``lightning-sep compare ARGS`` exits 2 with one ``lightning-sep: error:`` line and no traceback."""
-    capsys.readouterr()
-    assert main(["compare", *args]) == 2
-    captured = capsys.readouterr()
-    lines = [line for line in captured.err.splitlines() if line.startswith("lightning-sep: error: ")]
-    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
-    return lines[0]
+    return cli_error(capsys, "compare", *args)
 
 
 def rows(tmp_path, **kwargs) -> pd.DataFrame:

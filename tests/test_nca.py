@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import train_tiny
+from conftest import cli_error, train_tiny
 from lightning_sep.analysis.couplings import (
     CompositionalCouplings,
     CoupledLayers,
@@ -275,11 +275,7 @@ def test_make_analyze_writes_tables_heatmaps_and_logs_to_the_runs(trained, capsy
 
 
 def _error(capsys, *args: str) -> str:
-    rc, out, err = _analyze(capsys, *args)
-    assert rc == 2, (out, err)
-    lines = [line for line in err.splitlines() if line.startswith("lightning-sep: error: ")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
+    return cli_error(capsys, "analyze", *args, "--no-progress")
 
 
 def test_bad_input(trained, capsys, monkeypatch, tmp_path):

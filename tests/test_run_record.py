@@ -37,7 +37,7 @@ import torch
 
 from lightning_sep.tracking.mlflow import run_status
 
-from conftest import (REPO, config_args, fit_command, free_port, http_server, make_wav_corpus, metric_history,
+from conftest import (REPO, cli_error, config_args, fit_command, free_port, http_server, make_wav_corpus, metric_history,
                       store_runs, train_tiny, wait_for_file)
 
 pytestmark = pytest.mark.slow
@@ -50,18 +50,6 @@ def external_addresses() -> list[str]:
     except socket.gaierror:
         return []
     return sorted({i[4][0] for i in infos if not i[4][0].startswith("127.")})
-
-
-def cli_error(capsys, *args: str) -> str:
-    """``lightning-sep ARGS`` must exit 2 with one ``lightning-sep: error:`` line and no traceback."""
-    from lightning_sep.cli import main
-
-    capsys.readouterr()
-    assert main(list(args)) == 2
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("lightning-sep: error: ")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 # -- what every run carries ------------------------------------------------------------------------------------------

@@ -16,11 +16,12 @@ under ``examples/``:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -159,19 +160,16 @@ class ValidationExample(Callback):
         return record
 
 
-class best_weights:
+@contextlib.contextmanager
+def best_weights(model: LightningModule, path: Optional[str]) -> Iterator[None]:
     """Within the block, ``model`` holds the weights of checkpoint ``path`` (read weights-only); its own
     weights come back afterwards. A missing ``path`` keeps the current weights."""
-
-    def __init__(self, model: LightningModule, path: Optional[str]):
-        self.model, self.path, self.saved = model, path, None
-
-    def __enter__(self) -> None:
-        if self.path and Path(self.path).is_file():
-            state = torch.load(self.path, map_location=self.model.device, weights_only=True)["state_dict"]
-            self.saved = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-            self.model.load_state_dict(state)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.saved is not None:
-            self.model.load_state_dict(self.saved)
+    if not path or not Path(path).is_file():
+        yield
+        return
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(torch.load(path, map_location=model.device, weights_only=True)["state_dict"])
+    try:
+        yield
+    finally:
+        model.load_state_dict(saved)

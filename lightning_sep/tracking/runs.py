@@ -114,12 +114,13 @@ def _uploaded_checkpoint(run: Any, paths: list[Optional[str]], tracking_uri: Opt
     from lightning_sep.tracking.mlflow import results_dir
     from lightning_sep.utils.atomic import atomic_directory
 
+    c = None
     for value in filter(None, paths):
         name = Path(value).name
         folder = results_dir("downloaded", tracking_uri) / run.info.run_id / Path(name).stem
         if (folder / name).is_file():
             return folder / name
-        c = client(tracking_uri)
+        c = c or client(tracking_uri)
         try:
             if name not in [Path(a.path).name for a in c.list_artifacts(run.info.run_id, Path(name).stem)]:
                 continue
