@@ -123,7 +123,7 @@ tune: setup ## Optuna study of MODEL on DATA (conf/tune/MODEL.yaml): N_TRIALS, S
 tune-dashboard: setup ## Open optuna-dashboard on the studies' storage at http://127.0.0.1:8080 (DASHBOARD_PORT=...)
 	$(BIN)/optuna-dashboard "$${OPTUNA_STORAGE:-sqlite:///$(CURDIR)/mlruns/optuna.db}" --host 127.0.0.1 --port $(DASHBOARD_PORT)
 
-eval: setup ## Test-set scores of MODEL (or mixture / oracle_*): museval on MUSDB, BSS Eval v3 on DATA=timit
+eval: setup ## Test-set scores of MODEL (or mixture / oracle_*): BSS Eval v4 on MUSDB (ARGS="--metrics museval": museval itself), v3 on DATA=timit
 	$(BIN)/lightning-sep eval $(MODEL_FLAG) --data $(DATA) $(if $(filter $(MODEL),$(REFERENCES)),,$(MODEL_ARGS)) \
 	  $(if $(EVAL_WORKERS),--workers $(EVAL_WORKERS)) $(ARGS)
 
@@ -146,7 +146,8 @@ compare: setup ## MLflow runs side by side (key params, val SDR, test SDR/SIR/SA
 	$(BIN)/lightning-sep compare $(if $(filter command line environment,$(origin MODEL)),--model $(MODEL)) \
 	  $(if $(filter command line environment,$(origin DATA)),--data $(DATA)) $(ARGS)
 
-bench: setup ## Benchmarks for BENCHMARKS.md (eval wall time per worker count, separation speed, speech metrics, tune trials/hour, training frames/s per family)
+bench: setup ## Benchmarks for BENCHMARKS.md (BSS Eval v4 vs museval time and memory, eval wall time per worker count, separation speed, speech metrics, tune trials/hour, training frames/s per family)
+	$(BIN)/python -m lightning_sep.benchmarks.bsseval_speed
 	$(BIN)/python -m lightning_sep.benchmarks.eval_speed $(ARGS)
 	$(BIN)/python -m lightning_sep.benchmarks.speech_metrics
 	$(BIN)/python -m lightning_sep.benchmarks.input_optimisation

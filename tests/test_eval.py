@@ -52,12 +52,15 @@ def load_json(path_or_text) -> dict:
     return simplejson.loads(text, allow_nan=True)
 
 
-def same_value(x, y) -> bool:
-    return (isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y)) or x == y
+def same_value(x, y, tol: float = 0.0) -> bool:
+    if isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y):
+        return True
+    return x == y or (tol > 0 and math.isfinite(x) and math.isfinite(y) and abs(x - y) <= tol)
 
 
-def assert_same_scores(ours: dict, theirs: dict) -> int:
-    """The parsed museval JSONs are equal, NaN where NaN; returns how many NaN values there were."""
+def assert_same_scores(ours: dict, theirs: dict, tol: float = 0.0) -> int:
+    """The parsed museval JSONs are equal (within ``tol`` dB), NaN where NaN; returns how many NaN values
+    there were."""
     assert ours.keys() == theirs.keys()
     assert ours["museval_version"] == theirs["museval_version"]
     assert [t["name"] for t in ours["targets"]] == [t["name"] for t in theirs["targets"]]
@@ -70,7 +73,7 @@ def assert_same_scores(ours: dict, theirs: dict) -> int:
             assert fa["metrics"].keys() == fb["metrics"].keys() == set(METRICS)
             for m in METRICS:
                 x, y = fa["metrics"][m], fb["metrics"][m]
-                assert same_value(x, y), f"{a['name']} frame {i} {m}: ours {x!r}, museval {y!r}"
+                assert same_value(x, y, tol), f"{a['name']} frame {i} {m}: ours {x!r}, museval {y!r}"
                 nans += isinstance(x, float) and math.isnan(x)
     return nans
 
@@ -128,8 +131,14 @@ def stamp(path: Path) -> tuple[int, int]:
 
 
 # -- 1. equal to museval.eval_mus_track ---------------------------------------------------------------
+#: the JSON's values are museval's, rounded to 1e-5 dB by its TrackStore: the torch implementation
+#: (1e-9 dB from museval before rounding) may land on the other side of a rounding boundary
+TOLERANCE = {"museval": 0.0, "bsseval": 1.1e-5}
+
+
 @needs_ffmpeg
-def test_json_equals_museval_eval_mus_track(tmp_path):
+@pytest.mark.parametrize("metrics", ["bsseval", "museval"])
+def test_json_equals_museval_eval_mus_track(tmp_path, metrics):
     import museval
 
     root = tmp_path / "corpus"
@@ -137,11 +146,12 @@ def test_json_equals_museval_eval_mus_track(tmp_path):
     names = track_names("test", 2)
     tracks = mus_tracks(root)
     assert sorted(tracks) == names
+    tol, suffix = TOLERANCE[metrics], "-museval" if metrics == "museval" else ""
 
     # all five targets
-    res = run_eval(model="oracle_irm1", root=str(root), out=str(tmp_path / "out"), save_estimates=True)
-    assert res.method == "oracle_irm1"
-    assert res.folder == tmp_path / "out" / "musdb18hq" / "oracle_irm1"
+    res = run_eval(model="oracle_irm1", root=str(root), out=str(tmp_path / "out"), save_estimates=True, metrics=metrics)
+    assert res.method == "oracle_irm1" + suffix
+    assert res.folder == tmp_path / "out" / "musdb18hq" / ("oracle_irm1" + suffix)
     assert sorted(res.evaluated) == names and res.reused == [] and res.skipped == {}
     store = museval.EvalStore()
     for name in names:
@@ -152,8 +162,8 @@ def test_json_equals_museval_eval_mus_track(tmp_path):
         ours = load_json(res.folder / "test" / f"{name}.json")
         assert [t["name"] for t in ours["targets"]] == FIVE
         assert all(len(t["frames"]) == 3 for t in ours["targets"])
-        # exact equality of every frame's SDR/SIR/ISR/SAR (no tolerance needed)
-        assert assert_same_scores(ours, load_json(theirs.json)) == 0
+        # every frame's SDR/SIR/ISR/SAR: museval's exactly (to its rounding, for ours)
+        assert assert_same_scores(ours, load_json(theirs.json), tol) == 0
         assert all(math.isfinite(v) for t in FIVE for m in METRICS for v in frame_values(ours, t, m))
         store.add_track(theirs)
     # the medians are museval's own aggregation of museval's scores
@@ -161,24 +171,25 @@ def test_json_equals_museval_eval_mus_track(tmp_path):
     got = medians_of(res)
     assert set(got) == {(t, m) for t in FIVE for m in METRICS}
     for (target, metric), value in got.items():
-        assert value == pytest.approx(float(expected[(target, metric)]), abs=1e-12)
+        assert value == pytest.approx(float(expected[(target, metric)]), abs=1e-12 + tol)
     assert set(res.medians["tracks"]) == {2}
     assert got[("vocals", "SDR")] > 5.0  # an oracle mask separates the sines well
 
     # vocals only: museval's vocals/accompaniment scenario
-    res = run_eval(model="mixture", targets=VA, root=str(root), out=str(tmp_path / "out"), save_estimates=True)
-    assert res.method == "mixture-vocals+accompaniment"
-    assert res.folder == tmp_path / "out" / "musdb18hq" / "mixture-vocals+accompaniment"
+    res = run_eval(model="mixture", targets=VA, root=str(root), out=str(tmp_path / "out"), save_estimates=True,
+                   metrics=metrics)
+    assert res.method == "mixture-vocals+accompaniment" + suffix
+    assert res.folder == tmp_path / "out" / "musdb18hq" / ("mixture-vocals+accompaniment" + suffix)
     for name in names:
         est = read_estimates(res.folder, name)
         assert sorted(est) == sorted(VA)
         np.testing.assert_array_equal(est["vocals"], tracks[name].audio.astype(np.float32))  # the mixture
         ours = load_json(res.folder / "test" / f"{name}.json")
         assert [t["name"] for t in ours["targets"]] == VA
-        assert assert_same_scores(ours, load_json(museval.eval_mus_track(tracks[name], est).json)) == 0
+        assert assert_same_scores(ours, load_json(museval.eval_mus_track(tracks[name], est).json), tol) == 0
     # the comparison table holds both methods evaluated on these tracks
-    assert set(res.table["method"]) == {"mixture-vocals+accompaniment", "oracle_irm1"}
-    row = res.table.set_index(["method", "target"]).loc[("oracle_irm1", "vocals")]
+    assert set(res.table["method"]) == {"mixture-vocals+accompaniment" + suffix, "oracle_irm1" + suffix}
+    row = res.table.set_index(["method", "target"]).loc[("oracle_irm1" + suffix, "vocals")]
     assert row["SDR"] == pytest.approx(got[("vocals", "SDR")])
     assert medians_of(res)[("vocals", "SDR")] < row["SDR"]
 
@@ -335,12 +346,12 @@ def test_silent_reference_stems(tmp_path):
     for target, theirs in zip(VA, load_json(va.json)["targets"]):
         (mine,) = [t for t in ours["targets"] if t["name"] == target]
         assert assert_same_scores({"museval_version": 0, "targets": [mine]},
-                                  {"museval_version": 0, "targets": [theirs]}) == 0
+                                  {"museval_version": 0, "targets": [theirs]}, TOLERANCE["bsseval"]) == 0
 
     # vocals silent for 1.5 s: exactly museval's frames, the first one NaN in both scenarios
     ours = load_json(res.folder / "test" / f"{late_vocals}.json")
     theirs = load_json(museval.eval_mus_track(tracks[late_vocals], read_estimates(res.folder, late_vocals)).json)
-    assert assert_same_scores(ours, theirs) == 5 * 4  # frame 0 of each target
+    assert assert_same_scores(ours, theirs, TOLERANCE["bsseval"]) == 5 * 4  # frame 0 of each target
     for target in FIVE:
         for m in METRICS:
             first, *rest = frame_values(ours, target, m)

@@ -1,4 +1,4 @@
-"""``make eval``: museval (BSS Eval v4) scores of a model or a reference method on the MUSDB18 test set.
+"""``make eval``: BSS Eval v4 (museval's) scores of a model or a reference method on the MUSDB18 test set.
 
 (A DataModule of speech mixtures -- ``DATA=timit`` -- is scored with BSS Eval v3 instead:
 :mod:`lightning_sep.evaluation.speech`, through the same separators, results folders and MLflow
@@ -9,10 +9,12 @@ The job (:func:`evaluate`):
 1. finds what to evaluate -- a trained model through MLflow (:mod:`lightning_sep.tracking.runs`)
    or a reference method (``mixture``, ``oracle_ibm``, ``oracle_irm1``, ``oracle_irm2``);
 2. separates every test track in full, chunk by chunk (:func:`~lightning_sep.separation.separate_track`);
-3. scores it with museval in worker processes (``workers``; museval takes about a minute and
-   several GB per real track) and writes one museval JSON per track, atomically, to
-   ``<out>/<dataset>/<method>/test/<track>.json``.  A track whose JSON is complete is never
-   recomputed, so a killed evaluation restarted finishes only the rest;
+3. scores it with BSS Eval v4 -- by default :mod:`~lightning_sep.evaluation.bsseval_v4` (museval's
+   numbers, in a few seconds per track, on the GPU when there is one), or with museval itself
+   (``metrics="museval"``, ``--metrics museval``: about a minute and several GB per real track, in
+   ``workers`` processes; its results folder is ``<method>-museval``) -- and writes one museval
+   JSON per track, atomically, to ``<out>/<dataset>/<method>/test/<track>.json``.  A track whose
+   JSON is complete is never recomputed, so a killed evaluation restarted finishes only the rest;
 4. aggregates the SiSEC way (:mod:`~lightning_sep.evaluation.aggregate`), prints the table next
    to every other method evaluated on the same tracks (the reference rows), saves it as CSV, and
    logs it to the model's training run in MLflow (``test/<target>/<metric>``, JSON and CSV files).
@@ -40,6 +42,7 @@ from lightning_sep.errors import LightningSepError, UnknownNameError
 from lightning_sep.evaluation import aggregate
 from lightning_sep.evaluation.bsseval import (
     MUSDB_TARGETS,
+    check_implementation,
     json_is_complete,
     n_frames,
     score_track_to_json,
@@ -67,7 +70,8 @@ class EvalSettings:
     tracks: Optional[list[str]] = None  # only these test tracks
     targets: Optional[list[str]] = None  # reference methods: which estimates (default: all five)
     out: Optional[str] = None  # results folder (default: <mlruns>/eval)
-    workers: Optional[int] = None  # EVAL_WORKERS (default: from cores and free memory)
+    workers: Optional[int] = None  # EVAL_WORKERS (default: 1 for bsseval; museval: from cores and free memory)
+    metrics: str = "bsseval"  # BSS Eval v4 implementation: bsseval (lightning_sep.evaluation.bsseval_v4) or museval
     wiener_iterations: int = 0  # > 0: multichannel Wiener post-filter
     separation_iterations: Optional[int] = None  # families that separate by optimisation: its iterations
     chunk_seconds: float = 20.0
@@ -248,6 +252,7 @@ def evaluate(settings: EvalSettings) -> EvalResult:
     """Run (or finish) an evaluation; see the module docstring."""
     if settings.workers is not None and settings.workers < 1:
         raise LightningSepError(f"EVAL_WORKERS={settings.workers}: must be at least 1.")
+    check_implementation(settings.metrics)
     if settings.log_mlflow or not settings.ckpt:  # the store finds the model or keeps the scores: usable, before any work
         from lightning_sep.tracking.mlflow import check_tracking_uri
 
@@ -257,10 +262,17 @@ def evaluate(settings: EvalSettings) -> EvalResult:
     if hasattr(datamodule, "test_mixtures"):
         from lightning_sep.evaluation.speech import evaluate_mixtures
 
+        if settings.metrics != "bsseval":
+            raise LightningSepError(
+                f"--metrics {settings.metrics} is for music (BSS Eval v4); DATA={settings.data} is scored with BSS Eval v3 "
+                "(bss_eval_sources) and SI-SDR: drop --metrics.")
+
         return evaluate_mixtures(settings, datamodule, device)
     tracks = datamodule.full_tracks("test")
     rate = int(datamodule.sample_rate)
     separator, label, info, run_id = build_separator(settings, datamodule, device)
+    if settings.metrics == "museval":  # the reference implementation's results sit beside ours
+        label += "-museval"
     foreign = [t for t in separator.targets if t not in MUSDB_TARGETS]
     if foreign:
         raise LightningSepError(
@@ -309,7 +321,8 @@ def _evaluate_in(settings: EvalSettings, datamodule: Any, tracks: Any, names: li
                  device: str) -> EvalResult:
     index = {n: i for i, n in enumerate(tracks.names)}
     run_settings = {**info, "dataset": datamodule.dataset_name, "root": str(datamodule.root), "sample_rate": rate,
-                    "win": WIN, "hop": HOP, "museval": _museval_version()}
+                    "win": WIN, "hop": HOP, "metrics": settings.metrics,
+                    "implementation": _implementation_version(settings.metrics)}
     manifest = {"settings_hash": settings_hash(run_settings), "settings": run_settings}
     check_manifest(folder, manifest, settings.overwrite)
     (folder / "test").mkdir(parents=True, exist_ok=True)
@@ -341,10 +354,13 @@ def _evaluate_in(settings: EvalSettings, datamodule: Any, tracks: Any, names: li
 
     longest = max((tracks.lengths[index[n]] for n in pending), default=0) / rate
     n_sources = max(len([t for t in reported if t != "accompaniment"]), 2)
-    workers = settings.workers or default_workers(len(pending), longest, n_sources)
+    if settings.workers is None and settings.metrics == "bsseval":
+        workers = 1  # seconds per track, all cores (or the GPU) in this process
+    else:
+        workers = settings.workers or default_workers(len(pending), longest, n_sources)
     workers = max(1, min(workers, len(pending) or 1))
     print(
-        f"museval on {len(done) + len(pending)} test track(s) of {datamodule.dataset_name} ({datamodule.root}): "
+        f"{settings.metrics} (BSS Eval v4) on {len(done) + len(pending)} test track(s) of {datamodule.dataset_name} ({datamodule.root}): "
         f"{len(done)} already scored, {len(pending)} to do with {workers} worker process(es) -> {folder}",
         flush=True,
     )
@@ -363,7 +379,7 @@ def _evaluate_in(settings: EvalSettings, datamodule: Any, tracks: Any, names: li
     table = aggregate.comparison_table(methods)
     aggregate.write_csv(table, folder / "comparison.csv")
     print(
-        f"\nmuseval (BSS Eval v4) on {len(scored)} test track(s) of {datamodule.dataset_name}, SiSEC medians "
+        f"\nBSS Eval v4 ({settings.metrics}) on {len(scored)} test track(s) of {datamodule.dataset_name}, SiSEC medians "
         f"(median over 1 s frames, then over tracks), dB; * = this evaluation:\n"
         + aggregate.format_table(table, highlight=label),
         flush=True,
@@ -376,14 +392,16 @@ def _evaluate_in(settings: EvalSettings, datamodule: Any, tracks: Any, names: li
         run_id = log_scores(settings, label, run_id, info, manifest, aggregate.metric_dict(medians, prefix), folder,
                             datamodule.dataset_name, datamodule.root, len(scored), "museval",
                             ("scores.csv", "tracks.csv", "comparison.csv", "manifest.json"), prefix,
-                            {f"{prefix}.museval": manifest["settings"]["museval"]})
+                            {f"{prefix}.metrics": settings.metrics,
+                             f"{prefix}.{settings.metrics}": _implementation_version(settings.metrics)})
     return EvalResult(label, folder, medians, table, pending, done, skipped, run_id)
 
 
-def _museval_version() -> str:
+def _implementation_version(metrics: str) -> str:
+    """museval's version, or ours (``lightning-sep <version>``) for the torch implementation."""
     from importlib.metadata import version
 
-    return version("museval")
+    return version("museval") if metrics == "museval" else f"lightning-sep {version('lightning-sep')}"
 
 
 def _run_tracks(settings: EvalSettings, separator: Any, tracks: Any, index: dict[str, int], pending: list[str],
@@ -394,7 +412,7 @@ def _run_tracks(settings: EvalSettings, separator: Any, tracks: Any, index: dict
     from lightning_sep.separation import separate_track
     from lightning_sep.separation.audio import write_wav
 
-    bar = tqdm(total=len(pending), desc="museval", unit="track", disable=None if settings.progress else True)
+    bar = tqdm(total=len(pending), desc=settings.metrics, unit="track", disable=None if settings.progress else True)
     pool: Optional[ProcessPoolExecutor] = None
     futures: dict[Future, str] = {}
     try:
@@ -415,14 +433,15 @@ def _run_tracks(settings: EvalSettings, separator: Any, tracks: Any, index: dict
             json_path = folder / "test" / f"{name}.json"
             if pool is None:
                 bar.set_postfix_str(f"scoring {name}")
-                write_track_json(name, stems, estimates, json_path, rate, WIN, HOP)
+                write_track_json(name, stems, estimates, json_path, rate, WIN, HOP, settings.metrics,
+                                 device if settings.metrics == "bsseval" else None)
                 bar.update(1)
                 continue
             npz = work / f"{name}.npz"  # handed to a worker process through the disk
             with atomic_open(npz, "wb") as fh:
                 np.savez(fh, **estimates)
             del estimates
-            job = (name, tracks.paths[index[name]], str(npz), str(json_path), rate, WIN, HOP)
+            job = (name, tracks.paths[index[name]], str(npz), str(json_path), rate, WIN, HOP, settings.metrics)
             futures[pool.submit(score_track_to_json, *job)] = name
             while len(futures) > workers:  # bound the estimates waiting in memory/disk
                 _collect(futures, bar)
@@ -449,7 +468,7 @@ def _collect(futures: dict[Future, str], bar: Any) -> None:
         except LightningSepError:
             raise
         except Exception as err:
-            raise LightningSepError(f"museval failed on test track {name!r}: {type(err).__name__}: {err}") from err
+            raise LightningSepError(f"BSS Eval failed on test track {name!r}: {type(err).__name__}: {err}") from err
         bar.update(1)
 
 
