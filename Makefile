@@ -104,10 +104,21 @@ browser: ## Make sure Debian's chromium is there for the MLflow UI browser test 
 	  echo "chromium not found: the MLflow UI browser test will be skipped (install it: sudo apt-get install chromium, or sudo make browser)"; \
 	fi
 
+# torch 2.11's CUDA wheels: ~6 GB installed, ~3 GB more while pip unpacks them (no pip cache is kept: CI and
+# fresh machines have no use for a second copy of the wheels)
+SETUP_GB := 9
+
 $(STAMP): pyproject.toml
+	@for dir in . "$${TMPDIR:-/tmp}"; do \
+	  free=$$(df -Pk "$$dir" 2>/dev/null | awk 'NR==2 {print int($$4 / 1048576)}'); \
+	  if [ -n "$$free" ] && [ "$$free" -lt $(SETUP_GB) ]; then \
+	    echo "make setup: warning: $$free GB free in $$(cd "$$dir" && pwd); installing torch needs about $(SETUP_GB) GB."; \
+	    echo "  If pip stops with 'No space left on device', free space there (or point TMPDIR at a larger disk) and re-run make."; \
+	  fi; \
+	done
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-cache-dir --upgrade pip
+	$(BIN)/python -m pip install --quiet --no-cache-dir -e '.[dev]'
 	@touch $(STAMP)
 
 setup: ffmpeg $(STAMP) ## Create .venv and install the package (re-runs only when pyproject.toml changes)
