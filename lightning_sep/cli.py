@@ -35,6 +35,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from lightning_sep.errors import LightningSepError
+from lightning_sep.evaluation.validation import BSSEvalValidation
 from lightning_sep.models.base import SpectrogramSeparator
 from lightning_sep.registry import check_config_args
 from lightning_sep.tracking import MLflowLogger, MLflowSaveConfig, RunSummary
@@ -49,6 +50,8 @@ class SeparationCLI(LightningCLI):
         parser.link_arguments("data.targets", "model.init_args.targets", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(ValidationExample, "example")  # --example.seconds 0 turns it off
+        # --bsseval.every_n_epochs N: BSS Eval v4 of the full validation tracks (val/bss/...); 0 (default) = off
+        parser.add_lightning_class_args(BSSEvalValidation, "bsseval")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/sdr",
@@ -85,6 +88,10 @@ class SeparationCLI(LightningCLI):
             raise LightningSepError(f"Trainer settings (conf/trainer, DEVICES, PRECISION, ...): {err}") from None
         if not trainer.loggers:  # --trainer.logger=false: nothing to log learning rates to
             trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]
+        for callback in trainer.callbacks:  # before any data is prepared: data without full tracks is refused now
+            if isinstance(callback, BSSEvalValidation):
+                callback.check_datamodule(getattr(self, "datamodule", None))
+                callback.check_monitors(trainer, getattr(self, "model", None))
         return trainer
 
     def _resume(self, section: Any, logger: Any) -> None:
@@ -184,8 +191,8 @@ def eval_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="lightning-sep eval",
-        description="museval (BSS Eval v4) scores on the MUSDB18 test set (MUSDB_ROOT, else the embedded corpus), "
-        "SiSEC medians; with --data timit: BSS Eval v3 (bss_eval_sources) and SI-SDR on the TIMIT test mixtures "
+        description="BSS Eval v4 scores (museval's, computed by lightning_sep.evaluation.bsseval_v4; --metrics museval "
+        "for museval itself) on the MUSDB18 test set (MUSDB_ROOT, else the embedded corpus), SiSEC medians; with --data timit: BSS Eval v3 (bss_eval_sources) and SI-SDR on the TIMIT test mixtures "
         "(TIMIT_ROOT, else the embedded corpus). Logged to the model's MLflow run. Reference methods: "
         + ", ".join(REFERENCE_METHODS) + ".",
     )
@@ -198,7 +205,11 @@ def eval_parser() -> argparse.ArgumentParser:
                       help="reference methods only: which estimates (default: MUSDB vocals drums bass other "
                       "accompaniment; TIMIT male female)")
     data.add_argument("--out", help="results folder (default: mlruns/eval beside the MLflow store)")
-    data.add_argument("--workers", type=int, help="museval worker processes (default: from cores and free memory)")
+    data.add_argument("--metrics", default="bsseval", choices=["bsseval", "museval"],
+                      help="BSS Eval v4 implementation: bsseval (default: museval's numbers, seconds per track, GPU if "
+                           "--device is one) or museval (the reference; minutes per track, results in <method>-museval)")
+    data.add_argument("--workers", type=int,
+                      help="scoring processes (default: 1 for bsseval; museval: from cores and free memory)")
     data.add_argument("--save-estimates", action="store_true", help="also write the estimates as wav files")
     data.add_argument("--overwrite", action="store_true", help="discard results of other settings in the results folder")
     data.add_argument("--no-mlflow", dest="log_mlflow", action="store_false", help="do not log to MLflow")
@@ -266,6 +277,10 @@ def tune_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false",
                         help="do not start a new study with the default configuration")
+    parser.add_argument("--metric",
+                        help="the objective, a validation metric logged every epoch (default: the space file's metric, "
+                        "val/sdr); val/bss/sdr or val/bss/<target>/<SDR|SIR|SAR|ISR> scores the full validation tracks "
+                        "with BSS Eval v4 every epoch of every trial (--bsseval.every_n_epochs 1; MUSDB data)")
     parser.add_argument("--experiment", default=EXPERIMENT, help=f"MLflow experiment (default {EXPERIMENT})")
     parser.add_argument("--out", help="results folder (default mlruns/tune/<study>)")
     return parser

@@ -4,18 +4,24 @@ SiSEC rule (Stöter, Liutkus & Ito 2018, Sec. 4): for each target and metric, th
 track's 1 s frames, then the median over tracks.  NaN frames (silent references or estimates)
 are left out of the first median, and a track whose frames are all NaN for a target is left out
 of the second, so a silent stem never turns a result into NaN.  The JSONs are read with museval's
-own ``json2df``.
+own ``json2df``.  The same rule in memory, on :class:`museval.TrackStore` objects and per-track arrays
+(:func:`store_scores`, :func:`track_median_array`, :func:`sisec_median_array`), serves the BSS Eval of
+validation (:mod:`lightning_sep.evaluation.validation`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Iterable, Optional, Sequence
 
+import numpy as np
 import pandas as pd
 
 from lightning_sep.evaluation.bsseval import METRICS, MUSDB_TARGETS
 from lightning_sep.utils.atomic import atomic_write_text
+
+if TYPE_CHECKING:
+    import museval
 
 
 def load_scores(json_paths: Iterable[Path]) -> pd.DataFrame:
@@ -91,3 +97,41 @@ def format_table(table: pd.DataFrame, highlight: Optional[str] = None) -> str:
         values = "".join(f"{getattr(r, m):>9.2f}" for m in METRICS)
         lines.append(f"{r.target:<14}{mark + r.method:<32}{values}{r.tracks:>8}")
     return "\n".join(lines)
+
+
+# -- in memory (the validation's BSS Eval, lightning_sep.evaluation.validation) ------------------------
+def store_scores(stores: Iterable["museval.TrackStore"]) -> pd.DataFrame:
+    """Frame scores of in-memory :class:`museval.TrackStore` objects, as :func:`load_scores` reads them
+    from their JSON files (museval's own ``TrackStore.df``): columns ``track, target, metric, time, score``."""
+    frames = [store.df for store in stores]
+    if not frames:
+        return pd.DataFrame(columns=["track", "target", "metric", "time", "score"])
+    df = pd.concat(frames, ignore_index=True)
+    df["score"] = pd.to_numeric(df["score"], errors="coerce")
+    return df
+
+
+def track_median_array(store: "museval.TrackStore", targets: Sequence[str]) -> np.ndarray:
+    """One track's frame medians (NaN frames skipped) as a float64 array ``(len(targets), len(METRICS))``:
+    rows in ``targets`` order, columns in :data:`METRICS` order; NaN for a target the store lacks or whose
+    frames are all NaN."""
+    out = np.full((len(targets), len(METRICS)), np.nan)
+    rows = {t: i for i, t in enumerate(targets)}
+    cols = {m: j for j, m in enumerate(METRICS)}
+    for r in track_medians(store_scores([store])).itertuples():
+        if r.target in rows and r.metric in cols:
+            out[rows[r.target], cols[r.metric]] = float(r.score)
+    return out
+
+
+def sisec_median_array(per_track: np.ndarray) -> np.ndarray:
+    """The SiSEC median over tracks of per-track frame medians ``(tracks, ...)``: NaN tracks skipped (as
+    :func:`sisec_medians`), NaN where no track has a value."""
+    import warnings
+
+    per_track = np.asarray(per_track, dtype=np.float64)
+    if per_track.shape[0] == 0:
+        return np.full(per_track.shape[1:], np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "All-NaN slice encountered": NaN is the answer
+        return np.nanmedian(per_track, axis=0)

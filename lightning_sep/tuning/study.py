@@ -3,7 +3,10 @@
 One trial is one ``make train`` run: the configs of ``conf/trainer``, ``conf/data`` and
 ``conf/model``, then the trial's values and budget (:mod:`lightning_sep.tuning.space`), trained by
 the same LightningCLI; its objective is the best epoch's validation SDR, computed by the metric code
-of training (:meth:`SpectrogramSeparator.log_scores`).  The pieces:
+of training (:meth:`SpectrogramSeparator.log_scores`) -- or another metric logged every epoch (the
+space file's ``metric``, or ``--metric``): with ``val/bss/sdr`` or ``val/bss/<target>/<SDR|SIR|SAR|ISR>``
+every trial switches on BSS Eval v4 of the full validation tracks each epoch
+(:class:`~lightning_sep.evaluation.validation.BSSEvalValidation`, ``--bsseval.every_n_epochs 1``).  The pieces:
 
 * **Storage** -- an Optuna RDB storage: ``sqlite:///<repo>/mlruns/optuna.db`` unless
   ``--storage`` / ``$OPTUNA_STORAGE`` names another SQLAlchemy URL; several workers (processes or
@@ -39,6 +42,7 @@ from typing import Any, Optional
 import yaml
 
 from lightning_sep.errors import LightningSepError
+from lightning_sep.evaluation.validation import check_bss_metric, is_bss_metric
 from lightning_sep.paths import REPO_ROOT
 from lightning_sep.paths import default_optuna_storage as default_storage
 from lightning_sep.registry import config_path
@@ -172,6 +176,7 @@ class TuneSettings:
     experiment: str = EXPERIMENT
     out: Optional[str] = None
     baseline: bool = True
+    metric: Optional[str] = None  # the objective, instead of the space file's metric (e.g. val/bss/sdr)
 
     @property
     def study_name(self) -> str:
@@ -307,6 +312,8 @@ def _preflight(settings: TuneSettings, config: TuneConfig) -> None:
         "--config", str(config_path("trainer", settings.trainer)), "--config", str(config_path("data", settings.data)),
         "--config", str(config_path("model", settings.model)), "--trainer.logger=false",
     ]
+    if is_bss_metric(config.metric):  # the trials' BSS Eval validation: refused here for data without full tracks
+        args += ["--bsseval.every_n_epochs", "1"]
     with _quiet():
         try:
             cli_run(args, subcommand=False, exit_on_error=False)
@@ -357,6 +364,8 @@ class Objective:
             self.client.log_param(child, name, json.dumps(value) if isinstance(value, (list, dict)) else str(value))
 
         overrides = self.config.overrides(values)
+        if is_bss_metric(self.config.metric):  # the objective is BSS Eval of the full validation tracks: every epoch
+            overrides["bsseval"] = {"every_n_epochs": 1}
         trainer = overrides.setdefault("trainer", {})
         trainer.setdefault("enable_progress_bar", False)
         trainer["logger"] = {
@@ -421,6 +430,8 @@ class Objective:
             out["trainer"] = trainer
         out["data"] = full["data"]
         out["model"] = full["model"]
+        if is_bss_metric(self.config.metric):  # retrained, it logs the metric it was chosen by
+            out["bsseval"] = full.get("bsseval")
         return redact(out)
 
     def finish(self, run_id: str, state: str, value: Optional[float] = None, reason: Optional[str] = None,
@@ -462,6 +473,12 @@ def tune(settings: TuneSettings) -> TuneResult:
     if settings.timeout is not None and settings.timeout <= 0:
         raise LightningSepError(f"--timeout {settings.timeout}: give a positive number of seconds.")
     config = load_tune_config(settings.model, settings.data, settings.trainer, settings.space)
+    if settings.metric is not None:
+        if not settings.metric.strip():
+            raise LightningSepError("--metric: give a validation metric logged every epoch, e.g. val/sdr or val/bss/sdr.")
+        config.metric = settings.metric.strip()
+    if is_bss_metric(config.metric):
+        check_bss_metric(config.metric, "--metric" if settings.metric is not None else f"{config.path}: metric")
     sampler = make_sampler(config, settings.seed)
     pruner = make_pruner(config, settings.pruner)
     storage_url = settings.storage or default_storage()
