@@ -27,6 +27,10 @@ from lightning_sep.errors import LightningSepError
 from lightning_sep.utils.atomic import atomic_open, file_lock
 
 log = logging.getLogger(__name__)
+#: numpy parses a ``.npy`` header with ``ast.literal_eval``, and CPython 3.11's AST construction is not
+#: safe in concurrent threads (``SystemError: AST constructor recursion depth mismatch``, python/cpython
+#: gh-106905; seen here when the decode threads of ``MUSDBDataModule._entries`` opened entries at once)
+_NPY_HEADER_LOCK = threading.Lock()
 
 #: Bumped when the stored format changes; old entries are then never read again.
 CACHE_VERSION = 1
@@ -123,15 +127,16 @@ class AudioCache:
 
     @staticmethod
     def load(path: str | os.PathLike) -> np.ndarray:
-        """A read-only memory map of an entry."""
-        return np.load(path, mmap_mode="r", allow_pickle=False)
+        """A read-only memory map of an entry (its header parsed under a lock: see :data:`_NPY_HEADER_LOCK`)."""
+        with _NPY_HEADER_LOCK:
+            return np.load(path, mmap_mode="r", allow_pickle=False)
 
     @staticmethod
     def _readable(path: Path) -> bool:
         if not path.is_file():
             return False
         try:
-            np.load(path, mmap_mode="r", allow_pickle=False)
+            AudioCache.load(path)
         except (ValueError, OSError, EOFError):
             log.warning("Cache entry %s is unreadable; decoding it again", path)
             with contextlib.suppress(OSError):

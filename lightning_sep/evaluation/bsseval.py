@@ -77,7 +77,7 @@ def _evaluate(references: list[np.ndarray], estimates: list[np.ndarray], names: 
     for target, ref, est in zip(names, references, estimates):
         try:
             check_inputs(torch.as_tensor(ref)[None], torch.as_tensor(np.asarray(est))[None], [target],
-                         finite=metrics == "museval")  # (bss_eval_v4 checks it in the same pass as its copy)
+                         finite=metrics == "museval")  # (bss_eval_v4 checks the values itself, naming the target)
         except LightningSepError as err:
             raise LightningSepError(f"Track {track!r}, target {target!r}: {err}") from None
     refs, ests = np.stack(references), np.stack(estimates)
