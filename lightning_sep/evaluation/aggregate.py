@@ -33,6 +33,11 @@ def load_scores(json_paths: Iterable[Path]) -> pd.DataFrame:
     for path in json_paths:
         with open(path) as fh:
             frames.append(json2df(simplejson.loads(fh.read(), allow_nan=True), Path(path).stem))
+    return _frame_table(frames)
+
+
+def _frame_table(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """museval's per-track frame tables as one, scores numeric (NaN where museval wrote none)."""
     if not frames:
         return pd.DataFrame(columns=["track", "target", "metric", "time", "score"])
     df = pd.concat(frames, ignore_index=True)
@@ -103,12 +108,7 @@ def format_table(table: pd.DataFrame, highlight: Optional[str] = None) -> str:
 def store_scores(stores: Iterable["museval.TrackStore"]) -> pd.DataFrame:
     """Frame scores of in-memory :class:`museval.TrackStore` objects, as :func:`load_scores` reads them
     from their JSON files (museval's own ``TrackStore.df``): columns ``track, target, metric, time, score``."""
-    frames = [store.df for store in stores]
-    if not frames:
-        return pd.DataFrame(columns=["track", "target", "metric", "time", "score"])
-    df = pd.concat(frames, ignore_index=True)
-    df["score"] = pd.to_numeric(df["score"], errors="coerce")
-    return df
+    return _frame_table([store.df for store in stores])
 
 
 def track_median_array(store: "museval.TrackStore", targets: Sequence[str]) -> np.ndarray:

@@ -40,6 +40,8 @@ from lightning_sep.errors import LightningSepError
 #: musdb's ``track.targets`` order (``mus.yaml``), which ``eval_mus_track`` follows.
 MUSDB_TARGETS: tuple[str, ...] = ("vocals", "drums", "bass", "other", "accompaniment", "linear_mixture")
 METRICS: tuple[str, ...] = ("SDR", "SIR", "ISR", "SAR")
+#: museval's (SiSEC 2018's) frame length and hop, seconds
+WIN = HOP = 1.0
 #: the implementations of BSS Eval v4 a track can be scored with (``make eval ARGS="--metrics museval"``)
 IMPLEMENTATIONS: tuple[str, ...] = ("bsseval", "museval")
 

@@ -63,6 +63,11 @@ from lightning_sep.errors import LightningSepError
 METRICS_V4: tuple[str, ...] = ("SDR", "ISR", "SIR", "SAR")
 #: museval's distortion filter length (``filters_len``)
 FILTERS_LEN = 512
+#: museval's _bss_decomp_mtifilt as combinations of (s, ŝ, P_j, P): s_true, e_spat + e_interf + e_artif = ŝ - s,
+#: e_spat = P_j - s, s_true + e_spat = P_j, e_interf = P - P_j, s_true + e_spat + e_interf = P, e_artif = ŝ - P
+_TERMS = ((1, 0, 0, 0), (-1, 1, 0, 0), (-1, 0, 1, 0), (0, 0, 1, 0), (0, 0, -1, 1), (0, 0, 0, 1), (0, 1, 0, -1))
+#: _bss_crit's ratios of those energies, in METRICS_V4 order: SDR, ISR, SIR, SAR
+_RATIOS = ((0, 1), (0, 2), (3, 4), (5, 6))
 #: museval's regularisation of the Gram matrix (``np.finfo(float).eps``)
 _EPS = float(np.finfo(float).eps)
 
@@ -312,6 +317,7 @@ def bss_eval_v4(
     cjf = torch.fft.rfft(Cj.reshape(n_src, n_chan, L, n_chan), n=m, dim=2)  # (S, ci, F, c)
     # one-sided Parseval: sum_n x^2 = (2 sum_f |X_f|^2 - |X_0|^2 - |X_m/2|^2 (m even)) / m
     edges = [0, nf - 1] if m % 2 == 0 else [0]
+    terms = torch.tensor(_TERMS, dtype=torch.float64, device=device)
 
     chunk = frames_per_chunk or max(1, min(nwin, int(2**25 // (4 * A * nf * 16))))  # ~32 MB of spectra
     for t0 in range(0, nwin, chunk):
@@ -335,18 +341,8 @@ def bss_eval_v4(
         for f in edges:
             gram -= (vt[..., f, None] * vt[..., f, None].mH).real
         gram = gram.unflatten(0, (n_src, n_chan)).sum(1) / m  # (S, T, 4, 4)
-
-        def energy(*coef: float) -> Tensor:  # |sum_i coef_i v_i|^2 summed over channels: (S, T)
-            a = torch.tensor(coef, dtype=torch.float64, device=device)
-            return torch.einsum("i,stij,j->st", a, gram, a).clamp_min(0)
-
-        # museval's _bss_decomp_mtifilt (e_spat = P_j - s, e_interf = P - P_j, e_artif = ŝ - P) and _bss_crit
-        scores = torch.stack([
-            _safe_db(energy(1, 0, 0, 0), energy(-1, 1, 0, 0)),  # SDR: e_spat + e_interf + e_artif = ŝ - s
-            _safe_db(energy(1, 0, 0, 0), energy(-1, 0, 1, 0)),  # ISR
-            _safe_db(energy(0, 0, 1, 0), energy(0, 0, -1, 1)),  # SIR
-            _safe_db(energy(0, 0, 0, 1), energy(0, 1, 0, -1)),  # SAR
-        ])  # (4, S, T)
+        e = torch.einsum("ki,stij,kj->kst", terms, gram, terms).clamp_min(0)  # the _TERMS' energies
+        scores = torch.stack([_safe_db(e[num], e[den]) for num, den in _RATIOS])  # (4, S, T)
         scores[:, :, silent[t0 : t0 + T]] = float("nan")
         out[:, :, t0 : t0 + T] = scores
     return out.cpu()

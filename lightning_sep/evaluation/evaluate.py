@@ -41,7 +41,9 @@ import pandas as pd
 from lightning_sep.errors import LightningSepError, UnknownNameError
 from lightning_sep.evaluation import aggregate
 from lightning_sep.evaluation.bsseval import (
+    HOP,
     MUSDB_TARGETS,
+    WIN,
     check_implementation,
     json_is_complete,
     n_frames,
@@ -52,8 +54,6 @@ from lightning_sep.paths import default_tracking_uri
 from lightning_sep.registry import available, config_path
 from lightning_sep.utils.atomic import atomic_open, atomic_write_text
 
-#: museval's frame length and hop (seconds), as SiSEC 2018
-WIN = HOP = 1.0
 #: Memory museval needs for a 3-minute, 4-target stereo track (measured; it scales with both).
 _MUSEVAL_BYTES_3MIN_4SRC = 4.5e9
 

@@ -44,14 +44,12 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from lightning_sep.errors import LightningSepError
-from lightning_sep.evaluation.bsseval import METRICS, MUSDB_TARGETS
+from lightning_sep.evaluation.bsseval import HOP, METRICS, MUSDB_TARGETS, WIN
 
 #: the prefix of every metric this callback logs
 PREFIX = "val/bss/"
 #: the headline metric: mean over the model's targets of their SiSEC median SDR
 HEADLINE = PREFIX + "sdr"
-#: BSS Eval window and hop, seconds (museval's)
-WIN = HOP = 1.0
 OPTION = "--bsseval.every_n_epochs"
 
 
